@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# FerretDB v1 (MongoDB wire protocol, SQLite backend) as a local process on 127.0.0.1:$FERRETDB_PORT.
+# Usage: deploy/local/ferretdb.sh {install|start|stop|status|reset}
+# The binary is our own small main (deploy/local/ferretdb/) around FerretDB's embeddable package:
+# upstream cmd/ferretdb built with `go install` panics on a missing version.txt (FerretDB issue 2982).
+set -euo pipefail
+
+# shellcheck source=deploy/local/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+SRC_DIR="$MAILSYNC_REPO/deploy/local/ferretdb"
+FDB_DIR="$MAILSYNC_STACK_DIR/ferretdb"
+BIN="$FDB_DIR/$FERRETDB_VERSION/ferretdb"
+BUILD_LOG="$FDB_DIR/build.log"
+DATA_DIR="$FDB_DIR/data"
+LOG="$FDB_DIR/ferretdb.log"
+PIDFILE="$FDB_DIR/ferretdb.pid"
+LOG_LEVEL="${FERRETDB_LOG_LEVEL:-info}"
+START_TIMEOUT=30
+
+# Never let go download another toolchain; go.mod's go directive is the minimum.
+export GOTOOLCHAIN=local
+
+# Binary is current when it is newer than every build input.
+binary_current() {
+  local f
+  [[ -x $BIN ]] || return 1
+  for f in main.go go.mod go.sum; do [[ $BIN -nt $SRC_DIR/$f ]] || return 1; done
+}
+
+do_install() {
+  if binary_current; then say "ferretdb $FERRETDB_VERSION already built: $BIN"; return 0; fi
+  command -v go >/dev/null || die "Go not found; install Go >= 1.24 (https://go.dev/dl/) and re-run '$0 install'"
+  # The embedded FerretDB module version must match FERRETDB_VERSION (go.mod pins it).
+  grep -q "github.com/FerretDB/FerretDB $FERRETDB_VERSION\$" "$SRC_DIR/go.mod" ||
+    die "FERRETDB_VERSION=$FERRETDB_VERSION but $SRC_DIR/go.mod pins another version; run 'go get github.com/FerretDB/FerretDB@$FERRETDB_VERSION && go mod tidy' there"
+  mkdir -p "$(dirname "$BIN")"
+  say "building ferretdb $FERRETDB_VERSION with $(go env GOVERSION) (first build: about a minute), log: $BUILD_LOG"
+  # Build to a temporary name, then rename, so a failed build never leaves a half-written binary.
+  if ! (cd "$SRC_DIR" && go build -trimpath -buildvcs=false -o "$BIN.tmp" .) >"$BUILD_LOG" 2>&1; then
+    rm -f "$BIN.tmp"
+    die "ferretdb build failed (needs Go >= 1.24 and the Go module proxy); see $BUILD_LOG"
+  fi
+  mv -f "$BIN.tmp" "$BIN"
+  say "built $BIN"
+}
+
+# MongoDB `ping` over the wire (OP_MSG {ping: 1, $db: "admin"}) with the Python standard library only.
+# Exit 0 when the reply has ok == 1.
+wire_ping() {
+  python3 - "$FERRETDB_PORT" <<'PY'
+import socket, struct, sys
+
+def elem_int(name, v): return b"\x10" + name + b"\x00" + struct.pack("<i", v)
+def elem_str(name, v):
+    raw = v + b"\x00"
+    return b"\x02" + name + b"\x00" + struct.pack("<i", len(raw)) + raw
+
+body = elem_int(b"ping", 1) + elem_str(b"$db", b"admin")
+doc = struct.pack("<i", 4 + len(body) + 1) + body + b"\x00"
+payload = struct.pack("<I", 0) + b"\x00" + doc            # flagBits, section kind 0, document
+msg = struct.pack("<iiii", 16 + len(payload), 1, 0, 2013) + payload  # header, opCode OP_MSG
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+        s.sendall(msg)
+        buf = b""
+        while len(buf) < 4 or len(buf) < struct.unpack("<i", buf[:4])[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                sys.exit(1)
+            buf += chunk
+except OSError:
+    sys.exit(1)
+i = buf.find(b"\x01ok\x00")                                 # ok is a double in the reply
+sys.exit(0 if i >= 0 and struct.unpack("<d", buf[i + 4:i + 12])[0] == 1.0 else 1)
+PY
+}
+
+fail_start() {
+  say "ferretdb did not become ready; last 20 lines of $LOG:"
+  tail -n 20 "$LOG" >&2 || true
+  stop_pid "$PIDFILE" ferretdb
+  die "$1"
+}
+
+do_start() {
+  if pid_alive "$PIDFILE"; then say "ferretdb already running (pid $(cat "$PIDFILE"))"; return 0; fi
+  rm -f "$PIDFILE"
+  binary_current || do_install
+  port_free "$FERRETDB_PORT" ||
+    die "port 127.0.0.1:$FERRETDB_PORT is already in use; free it or set FERRETDB_PORT to another port"
+  mkdir -p "$DATA_DIR"
+  [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"   # keep one previous run's log
+  local t0=$SECONDS pid i
+  # setsid: own session, so the terminal's Ctrl-C/hangup do not reach it; setsid and nohup both exec,
+  # so $! is the ferretdb pid.
+  setsid nohup "$BIN" -listen-addr "$MAILSYNC_HOST:$FERRETDB_PORT" -sqlite-dir "$DATA_DIR" \
+    -log-level "$LOG_LEVEL" >"$LOG" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$PIDFILE"
+  # Ready = process alive, port open, and a MongoDB ping answers ok (or the listen log line without python3).
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || fail_start "ferretdb exited during start-up; see $LOG"
+    if (exec 3<>"/dev/tcp/$MAILSYNC_HOST/$FERRETDB_PORT") 2>/dev/null; then
+      if command -v python3 >/dev/null; then
+        wire_ping && break
+      elif grep -q "Listening on TCP" "$LOG"; then
+        break
+      fi
+    fi
+    sleep 0.1
+  done
+  ((i < START_TIMEOUT * 10)) || fail_start "ferretdb did not answer ping on 127.0.0.1:$FERRETDB_PORT within ${START_TIMEOUT} s; see $LOG"
+  say "ferretdb $FERRETDB_VERSION running (pid $pid) at mongodb://$MAILSYNC_HOST:$FERRETDB_PORT/ in $((SECONDS - t0)) s, data $DATA_DIR, log $LOG"
+}
+
+do_stop() {
+  if ! pid_alive "$PIDFILE"; then rm -f "$PIDFILE"; say "ferretdb not running"; return 0; fi
+  stop_pid "$PIDFILE" ferretdb   # TERM (clean shutdown via context cancel), KILL after 30 s
+  say "ferretdb stopped"
+}
+
+do_status() {
+  if pid_alive "$PIDFILE"; then
+    echo "ferretdb running (pid $(cat "$PIDFILE")) on $MAILSYNC_HOST:$FERRETDB_PORT"
+    return 0
+  fi
+  echo "ferretdb stopped"
+  return 3
+}
+
+# Wipe all databases; a running server is stopped first (SQLite files must not vanish under it)
+# and started again afterwards.
+do_reset() {
+  local was_running=0
+  if pid_alive "$PIDFILE"; then was_running=1; do_stop; fi
+  rm -rf "$DATA_DIR"
+  say "ferretdb data wiped: $DATA_DIR"
+  if ((was_running)); then do_start; fi
+}
+
+case "${1:-}" in
+  install) do_install ;;
+  start) do_start ;;
+  stop) do_stop ;;
+  status) do_status ;;
+  reset) do_reset ;;
+  *) echo "usage: $0 {install|start|stop|status|reset}" >&2; exit 2 ;;
+esac

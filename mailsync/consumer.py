@@ -1,0 +1,106 @@
+"""Idempotent, loss-free consumption of contract events.
+
+Every subscriber goes through `EventConsumer.process`:
+- the record is validated against the topic's contract; invalid input becomes a
+  `mailsync.input.rejected` event (never a crash loop, never a silent drop);
+- an event id this consumer already processed is skipped (dedupe by deterministic id);
+- a handler failure (e.g. the database is down) propagates, so the offset is not committed and the
+  record is redelivered: at-least-once, made exactly-once in effect by idempotent handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from pymongo.asynchronous.database import AsyncDatabase
+
+from contracts import Envelope, parse_event
+from contracts.errors import InputRejected, InputRejectedData
+
+from .kafka import EventPublisher
+from .logs import scrub
+from .store import Document
+
+Handler = Callable[[Envelope[Any]], Awaitable[None]]
+
+PROCESSED = "processed_events"
+
+
+def rejection_reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        # Field locations and messages only: `input` values could hold user data or secrets.
+        errs = exc.errors(include_input=False, include_url=False)
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs)[:1000]
+    return scrub(f"{type(exc).__name__}: {exc}")[:1000]
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        name: str,
+        db: AsyncDatabase[Document],
+        publisher: EventPublisher,
+        *,
+        source: str,
+        tenant_default: str,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.name = name
+        self._db = db
+        self._publisher = publisher
+        self._source = source
+        self._tenant_default = tenant_default
+        self._retry_delay = retry_delay
+        self.log = logging.getLogger(f"mailsync.{name}.consumer")
+
+    async def process(
+        self, raw: bytes, *, topic: str, partition: int, offset: int, key: bytes | None, handler: Handler
+    ) -> str:
+        """Handle one record; returns `handled`, `duplicate` or `rejected`."""
+        try:
+            event = parse_event(raw, topic)
+        except (ValidationError, ValueError) as exc:
+            await self._reject(raw, exc, topic=topic, partition=partition, offset=offset, key=key)
+            return "rejected"
+        marker = f"{self.name}:{event.id}"
+        processed = self._db[PROCESSED]
+        if await processed.find_one({"_id": marker}, {"_id": 1}) is not None:
+            return "duplicate"
+        try:
+            await handler(event)
+        except Exception:
+            self.log.exception("handler failed; the record will be redelivered", extra={"event_id": event.id})
+            # Back off before the redelivery so a down dependency is not hammered.
+            await asyncio.sleep(self._retry_delay)
+            raise
+        await processed.update_one(
+            {"_id": marker}, {"$setOnInsert": {"at": datetime.now(UTC), "type": event.type}}, upsert=True
+        )
+        return "handled"
+
+    async def _reject(
+        self, raw: bytes, exc: Exception, *, topic: str, partition: int, offset: int, key: bytes | None
+    ) -> None:
+        reason = rejection_reason(exc)
+        key_text = key.decode("utf-8", "replace") if key else None
+        self.log.warning("rejected a record", extra={"topic": topic, "offset": offset, "reason": reason})
+        event = InputRejected.build(
+            data=InputRejectedData(
+                consumer=self.name,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=key_text,
+                reason=reason,
+                raw_excerpt=scrub(raw[:500].decode("utf-8", "replace")),
+            ),
+            tenant_id=self._tenant_default,
+            source=self._source,
+            subject=key_text or f"{topic}/{partition}/{offset}",
+        )
+        await self._publisher.publish(event)

@@ -1,0 +1,134 @@
+"""The runtime each service is built on: FastStream app + health endpoints + Mongo + JSON logs.
+
+A service provides `setup(runtime)` that registers its subscribers on `runtime.broker` through
+`runtime.subscribe(...)`. `run_service` serves `/healthz` (liveness) and `/readyz` (readiness: Kafka
+and the database answer) over uvicorn and shuts down gracefully on SIGTERM: consumers stop, in-flight
+handlers finish, offsets are committed, the producer flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi.types import Scope
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from contracts import TOPICS_BY_NAME
+
+from . import logs, store
+from .consumer import EventConsumer, Handler
+from .kafka import EventPublisher, make_broker
+from .settings import ServiceSettings
+from .store import Document
+
+
+def _json(status: int, body: dict[str, Any]) -> AsgiResponse:
+    return AsgiResponse(json.dumps(body).encode(), status, headers={"content-type": "application/json"})
+
+
+@dataclass
+class Runtime:
+    settings: ServiceSettings
+    broker: KafkaBroker
+    publisher: EventPublisher
+    mongo: AsyncMongoClient[Document]
+    db: AsyncDatabase[Document]
+    log: logging.Logger
+    consumer: EventConsumer
+    startup_hooks: list[Callable[[], Any]] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return f"/mailsync/{self.settings.service_name}"
+
+    def subscribe(self, topic_name: str, handler: Handler) -> None:
+        """Consume a registry topic in this service's group; at-least-once, idempotent, never crashing."""
+        topic = TOPICS_BY_NAME[topic_name]
+        consumer = self.consumer
+
+        @self.broker.subscriber(
+            topic.name,
+            group_id=self.settings.consumer_group(),
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            title=f"{self.settings.service_name}:{topic.name}",
+        )
+        async def _consume(msg: KafkaMessage) -> None:
+            record = msg.raw_message
+            assert not isinstance(record, tuple)  # single-record subscriber
+            await consumer.process(
+                msg.body,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                handler=handler,
+            )
+
+
+def build(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> tuple[AsgiFastStream, Runtime]:
+    log = logs.configure(settings.service_name, settings.log_level)
+    broker = make_broker(settings, logger=logging.getLogger("faststream"))
+    publisher = EventPublisher(broker)
+    mongo = store.make_client(settings)
+    db = store.database(mongo, settings)
+    source = f"/mailsync/{settings.service_name}"
+    consumer = EventConsumer(
+        settings.service_name, db, publisher, source=source, tenant_default=settings.tenant_default
+    )
+    rt = Runtime(settings, broker, publisher, mongo, db, log, consumer)
+    setup(rt)
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Scope) -> AsgiResponse:
+        return _json(200, {"status": "ok", "service": settings.service_name})
+
+    @get(include_in_schema=False)
+    async def readyz(scope: Scope) -> AsgiResponse:
+        kafka_ok, db_ok = await asyncio.gather(broker.ping(2.0), store.ping(db))
+        body = {"kafka": kafka_ok, "database": db_ok}
+        return _json(200 if kafka_ok and db_ok else 503, body)
+
+    async def _after_startup() -> None:
+        for hook in rt.startup_hooks:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                await result
+        log.info("started", extra={"http_port": settings.http_port})
+
+    async def _after_shutdown() -> None:
+        await mongo.close()
+        log.info("stopped")
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
+        logger=log,
+        after_startup=[_after_startup],
+        after_shutdown=[_after_shutdown],
+    )
+    return app, rt
+
+
+def run_service(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> None:
+    app, _ = build(settings, setup)
+    asyncio.run(
+        app.run(
+            log_level=logging.WARNING,
+            run_extra_options={
+                "host": settings.http_host,
+                "port": settings.http_port,
+                "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+                "log_config": None,
+            },
+        )
+    )

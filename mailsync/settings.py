@@ -1,0 +1,42 @@
+"""Settings every service shares. Each service extends `ServiceSettings` in its own `settings.py`.
+
+All values come from environment variables prefixed `MAILSYNC_` (12-factor); secrets are `SecretStr`
+so they never show in a repr, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILSYNC_", extra="ignore")
+
+    service_name: str = Field(default="mailsync", description="Used in logs, event `source`, client ids.")
+    tenant_default: str = Field(default="default", description="Tenant for single-tenant deployments.")
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:39092", description="Comma-separated host:port.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_consumer_group_prefix: str = Field(default="mailsync", description="Group id = prefix.service.")
+
+    # MongoDB (FerretDB locally, MongoDB replica set in production)
+    mongo_uri: SecretStr = Field(default=SecretStr("mongodb://127.0.0.1:37017/"))
+    mongo_database: str = "mailsync"
+
+    # Health and admin HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+
+    def consumer_group(self) -> str:
+        return f"{self.kafka_consumer_group_prefix}.{self.service_name}"
