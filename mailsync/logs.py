@@ -9,15 +9,17 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-# Patterns that carry credentials in protocol traces and URIs; the value is replaced, the key kept.
-_SECRET_PATTERNS = (
-    re.compile(
-        r"(?i)(password|passwd|pwd|secret|token|authorization|api[_-]?key)(\"?\s*[:=]\s*\"?)([^\s\",}]+)"
+# Patterns that carry credentials in protocol traces, headers and URIs: the value goes, the key stays.
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)(authorization\"?\s*[:=]\s*\"?)(?:(bearer|basic)\s+)?[^\s\",}]+"), r"\1\2 ***"),
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    (re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"), r"\1***\2"),
+    (re.compile(r"(?i)(\bAUTH(?:ENTICATE)?\s+(?:PLAIN|LOGIN|XOAUTH2)\s+)\S+"), r"\1***"),
+    (re.compile(r"(?i)(\bLOGIN\s+\S+\s+)\S+"), r"\1***"),
+    (
+        re.compile(r"(?i)(password|passwd|pwd|secret|token|api[_-]?key)(\"?\s*[:=]\s*\"?)(?!\*\*\*)[^\s\",}]+"),
+        r"\1\2***",
     ),
-    re.compile(r"(?i)(\bAUTH(?:ENTICATE)?\s+(?:PLAIN|LOGIN|XOAUTH2)\s+)(\S+)"),
-    re.compile(r"(?i)(\bLOGIN\s+\S+\s+)(\S+)"),
-    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
-    re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)"),
 )
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -25,14 +27,8 @@ _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"messag
 
 def scrub(text: str) -> str:
     """Replace credential values in free text with `***`."""
-    for pattern in _SECRET_PATTERNS:
-        groups = pattern.groups
-        if groups == 3 and pattern.pattern.startswith("(://"):
-            text = pattern.sub(r"\1***\3", text)
-        elif groups == 3:
-            text = pattern.sub(r"\1\2***", text)
-        else:
-            text = pattern.sub(r"\1***", text)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
     return text
 
 

@@ -1,0 +1,93 @@
+"""Seeds the local demo: a mailbox in the mail lab, its inbox record, a few CRM contacts, one email.
+
+Idempotent: every run upserts the same records and publishes events with the same deterministic ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+from email.message import EmailMessage
+
+from pymongo import AsyncMongoClient
+
+from contracts.crm import CrmRecordUpserted, CrmRecordUpsertedData
+from mailsync.kafka import EventPublisher, make_broker
+from mailsync.settings import ServiceSettings
+
+TENANT = "demo"
+INBOX_ID = "demo-inbox"
+DOMAIN = os.environ.get("MAIL_DOMAIN", "mailsync.test")
+DEMO_EMAIL = f"demo@{DOMAIN}"
+CONTACTS = [
+    ("c-ada", "contact", "Ada Lovelace", "ada@analytical.example", ["ada.l@engines.example"]),
+    ("c-grace", "contact", "Grace Hopper", "grace@cobol.example", []),
+    ("l-alan", "lead", "Alan Turing", "alan@bletchley.example", ["turing@enigma.example"]),
+]
+
+
+async def seed() -> None:
+    settings = ServiceSettings(service_name="demo")
+    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongo_uri.get_secret_value())
+    db = mongo[settings.mongo_database]
+    await db.inboxes.update_one(
+        {"_id": f"{TENANT}:{INBOX_ID}"},
+        {
+            "$set": {
+                "tenant_id": TENANT,
+                "inbox_id": INBOX_ID,
+                "owner_user_id": "demo-user",
+                "email": DEMO_EMAIL,
+                "display_name": "Demo User",
+                "additional_from": [f"sales@{DOMAIN}"],
+                "imap": {"host": "127.0.0.1", "port": int(os.environ.get("IMAPS_PORT", 31993)), "security": "tls"},
+                "smtp": {"host": "127.0.0.1", "port": int(os.environ.get("SUBMISSIONS_PORT", 31465)), "security": "tls"},
+            },
+            "$setOnInsert": {"status": "connecting"},
+        },
+        upsert=True,
+    )
+    await mongo.close()
+
+    broker = make_broker(settings)
+    await broker.start()
+    try:
+        publisher = EventPublisher(broker)
+        events = [
+            CrmRecordUpserted.build(
+                data=CrmRecordUpsertedData(
+                    record_id=rid,
+                    record_type=kind,  # type: ignore[arg-type]
+                    revision=1,
+                    owner_user_id="demo-user",
+                    name=name,
+                    primary_email=primary,
+                    secondary_emails=secondary,
+                ),
+                tenant_id=TENANT,
+                source="/mailsync/demo",
+                subject=rid,
+            )
+            for rid, kind, name, primary, secondary in CONTACTS
+        ]
+        await publisher.publish_all(events)
+    finally:
+        await broker.stop()
+
+
+def send_welcome() -> None:
+    msg = EmailMessage()
+    msg["From"] = "Ada Lovelace <ada@analytical.example>"
+    msg["To"] = DEMO_EMAIL
+    msg["Subject"] = "Welcome to the mailsync demo"
+    msg["Message-ID"] = "<demo-welcome@analytical.example>"
+    msg.set_content("This message was delivered through the local Postfix into Dovecot.\n")
+    with smtplib.SMTP("127.0.0.1", int(os.environ.get("SMTP_PORT", 31025)), timeout=10) as smtp:
+        smtp.send_message(msg)
+
+
+if __name__ == "__main__":
+    asyncio.run(seed())
+    send_welcome()
+    print(f"demo: inbox {DEMO_EMAIL} (tenant {TENANT}), {len(CONTACTS)} CRM contacts, one welcome email")

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make run`: install what is missing, start the stack and the four services, seed the demo.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/env.sh"
+start=$(date +%s.%N)
+
+"$HERE/python.sh"
+"$HERE/stack.sh" up
+cd "$MAILSYNC_REPO"
+export MAILSYNC_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" MAILSYNC_MONGO_URI="mongodb://127.0.0.1:$FERRETDB_PORT/"
+.venv/bin/mailsync topics apply >/dev/null || die "could not create the Kafka topics; see .stack/kafka/logs/server.log"
+"$HERE/mail.sh" adduser "demo@$MAIL_DOMAIN" "demo-password" >/dev/null
+"$HERE/services.sh" start
+.venv/bin/python "$HERE/demo_seed.py"
+
+elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+cat <<INFO
+
+mailsync is running (started in ${elapsed} s). Everything listens on 127.0.0.1 only.
+
+  Kafka       127.0.0.1:$KAFKA_PORT      tail events:  .venv/bin/mailsync tail --from-beginning
+  FerretDB    mongodb://127.0.0.1:$FERRETDB_PORT/   (database "mailsync")
+  IMAP        127.0.0.1:$IMAPS_PORT (TLS), :$IMAP_PORT (STARTTLS)   demo login: demo@$MAIL_DOMAIN / demo-password
+  SMTP        127.0.0.1:$SUBMISSIONS_PORT (TLS), :$SUBMISSION_PORT (STARTTLS), inbound MTA :$SMTP_PORT
+  Services    fetcher :38081  linker :38082  sender :38083  janitor :38084   (GET /healthz, /readyz)
+  Logs        .stack/services/<service>.log (JSON), .stack/kafka/logs, .stack/ferretdb, .stack/mail
+
+Stop everything with: make stop
+INFO
