@@ -17,7 +17,9 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)(\bAUTH(?:ENTICATE)?\s+(?:PLAIN|LOGIN|XOAUTH2)\s+)\S+"), r"\1***"),
     (re.compile(r"(?i)(\bLOGIN\s+\S+\s+)\S+"), r"\1***"),
     (
-        re.compile(r"(?i)(password|passwd|pwd|secret|token|api[_-]?key)(\"?\s*[:=]\s*\"?)(?!\*\*\*)[^\s\",}]+"),
+        re.compile(
+            r"(?i)(password|passwd|pwd|secret|token|api[_-]?key)(\"?\s*[:=]\s*\"?)(?!\*\*\*)[^\s\",}]+"
+        ),
         r"\1\2***",
     ),
 )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from faststream import AckPolicy
@@ -119,8 +121,16 @@ def build(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> tuple[
     return app, rt
 
 
+def _exit_zero(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def run_service(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> None:
     app, _ = build(settings, setup)
+    # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal to the handler it found;
+    # this one turns that into exit status 0, so orchestrators see a clean stop.
+    signal.signal(signal.SIGTERM, _exit_zero)
+    signal.signal(signal.SIGINT, _exit_zero)
     asyncio.run(
         app.run(
             log_level=logging.WARNING,

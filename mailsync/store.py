@@ -1,8 +1,9 @@
 """MongoDB access through PyMongo's async API (`AsyncMongoClient`; motor is deprecated).
 
 Locally the server is FerretDB v1, so we keep to what it supports: CRUD, upserts keyed by natural ids,
-unique indexes, `$set/$inc/$max/$addToSet`, and simple aggregations — no transactions, change streams or
-TTL indexes.
+unique indexes, `$set/$inc/$max/$addToSet/$pull`, and simple aggregations — no transactions, change
+streams, TTL indexes or `$lookup`. FerretDB v1.24 also mis-computes a `$group` with more than one
+accumulator (only the first one sees documents): use one accumulator per `$group`.
 """
 
 from __future__ import annotations

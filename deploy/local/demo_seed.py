@@ -20,6 +20,12 @@ TENANT = "demo"
 INBOX_ID = "demo-inbox"
 DOMAIN = os.environ.get("MAIL_DOMAIN", "mailsync.test")
 DEMO_EMAIL = f"demo@{DOMAIN}"
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
 CONTACTS = [
     ("c-ada", "contact", "Ada Lovelace", "ada@analytical.example", ["ada.l@engines.example"]),
     ("c-grace", "contact", "Grace Hopper", "grace@cobol.example", []),
@@ -41,8 +47,8 @@ async def seed() -> None:
                 "email": DEMO_EMAIL,
                 "display_name": "Demo User",
                 "additional_from": [f"sales@{DOMAIN}"],
-                "imap": {"host": "127.0.0.1", "port": int(os.environ.get("IMAPS_PORT", 31993)), "security": "tls"},
-                "smtp": {"host": "127.0.0.1", "port": int(os.environ.get("SUBMISSIONS_PORT", 31465)), "security": "tls"},
+                "imap": {"host": "127.0.0.1", "port": _port("IMAPS_PORT", 31993), "security": "tls"},
+                "smtp": {"host": "127.0.0.1", "port": _port("SUBMISSIONS_PORT", 31465), "security": "tls"},
             },
             "$setOnInsert": {"status": "connecting"},
         },
@@ -83,7 +89,7 @@ def send_welcome() -> None:
     msg["Subject"] = "Welcome to the mailsync demo"
     msg["Message-ID"] = "<demo-welcome@analytical.example>"
     msg.set_content("This message was delivered through the local Postfix into Dovecot.\n")
-    with smtplib.SMTP("127.0.0.1", int(os.environ.get("SMTP_PORT", 31025)), timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", _port("SMTP_PORT", 31025), timeout=10) as smtp:
         smtp.send_message(msg)
 
 

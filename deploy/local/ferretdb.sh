@@ -91,7 +91,7 @@ do_start() {
     die "port 127.0.0.1:$FERRETDB_PORT is already in use; free it or set FERRETDB_PORT to another port"
   mkdir -p "$DATA_DIR"
   [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"   # keep one previous run's log
-  local t0=$SECONDS pid i
+  local t0=$SECONDS deadline=$((SECONDS + START_TIMEOUT)) pid ready=0
   # setsid: own session, so the terminal's Ctrl-C/hangup do not reach it; setsid and nohup both exec,
   # so $! is the ferretdb pid.
   setsid nohup "$BIN" -listen-addr "$MAILSYNC_HOST:$FERRETDB_PORT" -sqlite-dir "$DATA_DIR" \
@@ -99,18 +99,19 @@ do_start() {
   pid=$!
   echo "$pid" >"$PIDFILE"
   # Ready = process alive, port open, and a MongoDB ping answers ok (or the listen log line without python3).
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+  # The deadline is wall-clock time: one ping attempt may itself take up to 2 s.
+  while ((SECONDS < deadline)); do
     kill -0 "$pid" 2>/dev/null || fail_start "ferretdb exited during start-up; see $LOG"
     if (exec 3<>"/dev/tcp/$MAILSYNC_HOST/$FERRETDB_PORT") 2>/dev/null; then
       if command -v python3 >/dev/null; then
-        wire_ping && break
+        wire_ping && { ready=1; break; }
       elif grep -q "Listening on TCP" "$LOG"; then
-        break
+        ready=1; break
       fi
     fi
     sleep 0.1
   done
-  ((i < START_TIMEOUT * 10)) || fail_start "ferretdb did not answer ping on 127.0.0.1:$FERRETDB_PORT within ${START_TIMEOUT} s; see $LOG"
+  ((ready)) || fail_start "ferretdb did not answer ping on 127.0.0.1:$FERRETDB_PORT within ${START_TIMEOUT} s; see $LOG"
   say "ferretdb $FERRETDB_VERSION running (pid $pid) at mongodb://$MAILSYNC_HOST:$FERRETDB_PORT/ in $((SECONDS - t0)) s, data $DATA_DIR, log $LOG"
 }
 
