@@ -8,7 +8,7 @@
 # Config and state live under $MAILSYNC_STACK_DIR/mail/, rendered from deploy/local/mail/*.in.
 set -euo pipefail
 
-# shellcheck source=env.sh
+# shellcheck source-path=SCRIPTDIR source=env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 # Absolute, so `postfix -c DIR` matches alternate_config_directories and sockets resolve anywhere.
@@ -83,21 +83,27 @@ cmd_install() {
     chmod 755 /usr/sbin/policy-rc.d
     own_policy=1
   fi
-  local pkgs=(dovecot-imapd dovecot-lmtpd postfix openssl gettext-base)
-  local log="${TMPDIR:-/tmp}/mailsync-mail-apt.log" ok=0
+  # Only what is missing: naming an installed package would upgrade it as a side effect.
+  local pkgs=() p log="${TMPDIR:-/tmp}/mailsync-mail-apt.log" ok=0 err
+  for p in dovecot-imapd dovecot-lmtpd postfix openssl gettext-base; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
+  done
   # Update the package lists only when apt does not know the packages or the first try fails
   # (stale lists give 404s).
   if ! apt-cache policy postfix 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    apt-get update >"$log" 2>&1 || true
+    apt-get update -o DPkg::Lock::Timeout=120 >"$log" 2>&1 || true
   fi
-  if DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >"$log" 2>&1; then
+  if DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=120 "${pkgs[@]}" >"$log" 2>&1; then
     ok=1
-  elif apt-get update >>"$log" 2>&1 \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >>"$log" 2>&1; then
+  elif apt-get update -o DPkg::Lock::Timeout=120 >>"$log" 2>&1 \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=120 "${pkgs[@]}" >>"$log" 2>&1; then
     ok=1
   fi
   if [[ $own_policy -eq 1 ]]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
-  [[ $ok -eq 1 ]] || die "apt-get install ${pkgs[*]} failed: $(grep -E '^(E|W):' "$log" | tail -n 1) (full log: $log)"
+  if [[ $ok -ne 1 ]]; then
+    err=$(grep -E '^E:' "$log" | tail -n 1)
+    die "apt-get install ${pkgs[*]} failed: ${err:-$(tail -n 1 "$log")} (full log: $log)"
+  fi
   have_binaries || die "packages installed but dovecot/postfix binaries are missing (see $log)"
   ensure_vmail_user
   say "mail: installed $(dovecot --version | cut -d' ' -f1) and postfix $(postconf -d -h mail_version 2>/dev/null)"
@@ -116,7 +122,7 @@ check_paths() {
   local p var seen=" "
   for var in "${PORT_VARS[@]}"; do
     p=${!var}
-    [[ $p =~ ^[0-9]+$ ]] && ((p > 0 && p < 65536)) || die "$var=$p is not a TCP port number"
+    if ! [[ $p =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "$var=$p is not a TCP port number"; fi
     [[ $seen == *" $p "* ]] && die "$var=$p is used twice in the mail lab's ports: give each *_PORT its own value"
     seen+="$p "
   done
@@ -138,6 +144,10 @@ ensure_dirs() {
   # queue_directory must be root-owned; post-install creates its postfix-owned subdirs.
   install -d -m 0755 -o root -g root "$PF_QUEUE_DIR"
   install -d -m 0700 -o postfix -g postfix "$PF_DATA_DIR"
+  # A re-created system user may get another uid (new machine, same work tree): re-own the store.
+  if [[ -d $VMAIL_DIR && $(stat -c %u "$VMAIL_DIR") != "$(id -u "$VMAIL_USER")" ]]; then
+    chown -R "$VMAIL_USER:$VMAIL_USER" "$VMAIL_DIR"
+  fi
   install -d -m 0750 -o "$VMAIL_USER" -g "$VMAIL_USER" "$VMAIL_DIR"
 }
 
@@ -158,9 +168,10 @@ ensure_cert() {
 # Fill ${VAR} placeholders only for the names we own: $name/%u in the configs stay untouched.
 render() {
   local src=$1 dst=$2 vars
-  vars='${MAIL_DOMAIN} ${IMAP_PORT} ${IMAPS_PORT} ${LMTP_PORT} ${SMTP_PORT} ${SUBMISSION_PORT}'
-  vars+=' ${SUBMISSIONS_PORT} ${DOVECOT_BASE_DIR} ${DOVECOT_STATE_DIR} ${LOG_DIR} ${TLS_DIR}'
-  vars+=' ${USERS_FILE} ${VMAIL_DIR} ${VMAIL_UID} ${VMAIL_GID} ${PF_QUEUE_DIR} ${PF_DATA_DIR} ${PF_CONF_DIR}'
+  # shellcheck disable=SC2016  # literal ${NAME} list for envsubst
+  vars='${MAIL_DOMAIN} ${IMAP_PORT} ${IMAPS_PORT} ${LMTP_PORT} ${SMTP_PORT} ${SUBMISSION_PORT}
+    ${SUBMISSIONS_PORT} ${DOVECOT_BASE_DIR} ${DOVECOT_STATE_DIR} ${LOG_DIR} ${TLS_DIR} ${USERS_FILE}
+    ${VMAIL_DIR} ${VMAIL_UID} ${VMAIL_GID} ${PF_QUEUE_DIR} ${PF_DATA_DIR} ${PF_CONF_DIR}'
   [[ -f $src ]] || die "template $src is missing"
   VMAIL_UID=$(id -u "$VMAIL_USER") VMAIL_GID=$(id -g "$VMAIL_USER") \
     DOVECOT_BASE_DIR=$DOVECOT_BASE_DIR DOVECOT_STATE_DIR=$DOVECOT_STATE_DIR LOG_DIR=$LOG_DIR \
@@ -168,8 +179,13 @@ render() {
     PF_DATA_DIR=$PF_DATA_DIR PF_CONF_DIR=$PF_CONF_DIR \
     envsubst "$vars" <"$src" >"$dst.tmp"
   chmod 0644 "$dst.tmp"
-  mv "$dst.tmp" "$dst"
+  if cmp -s "$dst.tmp" "$dst"; then rm -f "$dst.tmp"; else backdate "$dst.tmp"; mv "$dst.tmp" "$dst"; fi
 }
+
+# Postfix re-reads a main.cf modified in the last ~2 s until it "cools down" (300 ms naps), so
+# every postfix/postconf/postmap call right after an edit stalls 1-2 s. Our files are replaced
+# atomically, so an older mtime is safe.
+backdate() { touch -d "@$(($(date +%s) - 10))" "$1"; }
 
 render_configs() {
   render "$TEMPLATES/dovecot.conf.in" "$DOVECOT_CONF"
@@ -184,22 +200,33 @@ ensure_postfix_alt_dir() {
     install -d -m 0755 /etc/postfix
     printf '%s\n' "# Created by mailsync deploy/local/mail.sh: the system-wide Postfix is not configured." \
       "compatibility_level = 3.6" >/etc/postfix/main.cf
+    backdate /etc/postfix/main.cf
   fi
-  local cur
+  local cur d keep=()
   cur=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null || true)
-  # shellcheck disable=SC2086  # the value is a whitespace/comma separated list
-  if ! tr ', ' '\n\n' <<<"$cur" | grep -qxF "$PF_CONF_DIR"; then
-    postconf -c /etc/postfix -e "alternate_config_directories = ${cur:+$cur }$PF_CONF_DIR" \
+  # The value is a list separated by commas and/or blanks.
+  if ! tr -s ', ' '\n' <<<"$cur" | grep -qxF "$PF_CONF_DIR"; then
+    # Drop entries of stack dirs that no longer exist (old clones, temp dirs) while adding ours.
+    for d in $(tr -s ', ' '  ' <<<"$cur"); do [[ -d $d ]] && keep+=("$d"); done
+    keep+=("$PF_CONF_DIR")
+    postconf -c /etc/postfix -e "alternate_config_directories = ${keep[*]}" \
       || die "cannot add $PF_CONF_DIR to alternate_config_directories in /etc/postfix/main.cf"
+    backdate /etc/postfix/main.cf
   fi
 }
 
 # Postfix learns the valid recipients from a hash map derived from Dovecot's passwd-file.
+recipient_list() { cut -d: -f1 "$USERS_FILE" | awk 'NF { print $1 "\tOK" }'; }
 rebuild_recipient_map() {
-  cut -d: -f1 "$USERS_FILE" | awk 'NF { print $1 "\tOK" }' >"$VMAILBOX_MAP.tmp"
+  recipient_list >"$VMAILBOX_MAP.tmp"
   chmod 0644 "$VMAILBOX_MAP.tmp"
   mv "$VMAILBOX_MAP.tmp" "$VMAILBOX_MAP"
   postmap -c "$PF_CONF_DIR" "hash:$VMAILBOX_MAP" || die "postmap $VMAILBOX_MAP failed"
+  # An idle smtpd notices a changed table only after serving one more session with the old one;
+  # a reload replaces the idle processes right away.
+  if postfix_running; then
+    postfix -c "$PF_CONF_DIR" reload >/dev/null 2>&1 9>&- || say "mail: postfix reload failed"
+  fi
 }
 
 ensure_users_file() {
@@ -209,7 +236,9 @@ ensure_users_file() {
   # Read by Dovecot's auth process, which runs as the dovecot user; hashes stay hidden from others.
   chown root:dovecot "$USERS_FILE"
   chmod 0640 "$USERS_FILE"
-  [[ -f $VMAILBOX_MAP.db && $VMAILBOX_MAP.db -nt $USERS_FILE ]] || rebuild_recipient_map
+  if [[ ! -f $VMAILBOX_MAP.db ]] || ! recipient_list | cmp -s - "$VMAILBOX_MAP"; then
+    rebuild_recipient_map
+  fi
 }
 
 # Everything start/adduser/deluser/reset need on disk; cheap enough to run every time.
@@ -235,16 +264,29 @@ take_lock() {
 # ---------------------------------------------------------------- processes
 
 read_pid() { [[ -f $1 ]] && tr -dc '0-9' <"$1"; }   # Postfix pads its pid file with spaces
-alive() { local p; p=$(read_pid "$1") && [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+# A dead master can linger as a zombie: the init here reaps orphans only every few seconds, and
+# kill -0 succeeds on zombies.
+proc_alive() {
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ -n $st && $st != Z* ]]
+}
+alive() { local p; p=$(read_pid "$1") && [[ -n $p ]] && proc_alive "$p"; }
 dovecot_running() { alive "$DOVECOT_PIDFILE"; }
 postfix_running() { alive "$PF_PIDFILE"; }
 
-# Processes in the session of a master we started (both masters call setsid when they daemonize).
+# Processes in the session of a master we started (both masters call setsid when they
+# daemonize), limited to Dovecot/Postfix binaries in case the session id was reused since.
 session_pids() {
-  local sid
+  local sid pid exe
   sid=$(read_pid "$1") || return 0
   [[ -n $sid ]] || return 0
-  ps -e -o pid=,sid= | awk -v s="$sid" '$2 == s { print $1 }'
+  for pid in $(ps -e -o pid=,sid=,stat= | awk -v s="$sid" '$2 == s && $3 !~ /^Z/ { print $1 }'); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    case $exe in
+      /usr/sbin/dovecot | /usr/lib/dovecot/* | /usr/lib/postfix/* | /usr/sbin/post*) echo "$pid" ;;
+    esac
+  done
 }
 
 record_session() {
@@ -259,7 +301,7 @@ sweep_session() {
   local sidfile=$1 name=$2 pids i
   pids=$(session_pids "$sidfile")
   if [[ -n $pids ]]; then
-    say "mail: $name left processes behind, terminating: $(echo $pids)"
+    say "mail: $name left processes behind, terminating: ${pids//$'\n'/ }"
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
@@ -276,7 +318,7 @@ sweep_session() {
 wait_gone() {   # wait_gone PID SECONDS
   local i
   for ((i = 0; i < $2 * 10; i++)); do
-    kill -0 "$1" 2>/dev/null || return 0
+    proc_alive "$1" || return 0
     sleep 0.1
   done
   return 1
@@ -306,13 +348,21 @@ check_ports() {
   done
 }
 
+# The daemons keep inherited stdout/stderr open, so a $(...) capture would wait for them
+# forever: their start-up output goes to a file instead.
+run_daemon_cmd() {   # run_daemon_cmd OUTFILE CMD...
+  local out=$1
+  shift
+  "$@" </dev/null >"$out" 2>&1 9>&-
+}
+
 start_dovecot() {
-  local out
+  local out="$LOG_DIR/dovecot.start.out"
   rm -f "$DOVECOT_PIDFILE"
-  out=$(dovecot -c "$DOVECOT_CONF" 2>&1 9>&-) || {
-    echo "$out" >&2
+  run_daemon_cmd "$out" dovecot -c "$DOVECOT_CONF" || {
+    cat "$out" >&2
     log_tails
-    die "dovecot did not start: ${out##*$'\n'}"
+    die "dovecot did not start: $(tail -n 1 "$out")"
   }
   local i
   for ((i = 0; i < 100; i++)); do dovecot_running && break; sleep 0.1; done
@@ -321,9 +371,9 @@ start_dovecot() {
 }
 
 start_postfix() {
-  local out
-  out=$(postfix -c "$PF_CONF_DIR" start 2>&1 9>&-) || {
-    echo "$out" >&2
+  local out="$LOG_DIR/postfix.start.out"
+  run_daemon_cmd "$out" postfix -c "$PF_CONF_DIR" start || {
+    cat "$out" >&2
     postfix_diagnose
     log_tails
     die "postfix did not start (config $PF_CONF_DIR)"
@@ -438,13 +488,24 @@ normalize_email() {
   echo "$email"
 }
 
-# Replace the passwd-file atomically; Dovecot notices the new file on its next lookup.
+# Replace the passwd-file atomically. Dovecot re-reads it when mtime (whole seconds) or size
+# changed, and checks at most once per second: a password change keeps the size, so the new
+# file gets an mtime past the old one, and we return only once the clock has moved to the next
+# second, when Dovecot's next lookup is sure to stat the file again.
 write_users() {   # write_users < new content
+  local old_mtime=0 now written
+  [[ -f $USERS_FILE ]] && old_mtime=$(stat -c %Y "$USERS_FILE")
   cat >"$USERS_FILE.tmp"
   chown root:dovecot "$USERS_FILE.tmp"
   chmod 0640 "$USERS_FILE.tmp"
+  now=$(date +%s)
+  touch -d "@$((now > old_mtime ? now : old_mtime + 1))" "$USERS_FILE.tmp"
   mv "$USERS_FILE.tmp" "$USERS_FILE"
+  written=$(date +%s)
   rebuild_recipient_map
+  if dovecot_running; then
+    while (($(date +%s) <= written)); do sleep 0.05; done
+  fi
 }
 
 cmd_adduser() {
@@ -472,11 +533,17 @@ cmd_deluser() {
   email=$(normalize_email "$1")
   take_lock
   prepare
-  awk -F: -v u="$email" '$1 != u' "$USERS_FILE" | write_users
+  local known=0
+  awk -F: -v u="$email" '$1 == u { found = 1 } END { exit !found }' "$USERS_FILE" && known=1
+  if ((known)); then
+    awk -F: -v u="$email" '$1 != u' "$USERS_FILE" | write_users
+  fi
   # Close the user's open sessions so nothing writes into the mail dir being removed.
-  dovecot_running && doveadm -c "$DOVECOT_CONF" kick "$email" >/dev/null 2>&1 9>&- || true
+  if dovecot_running; then
+    doveadm -c "$DOVECOT_CONF" kick "$email" >/dev/null 2>&1 9>&- || true
+  fi
   rm -rf -- "${VMAIL_DIR:?}/${email#*@}/${email%%@*}"
-  say "mail: user $email removed with its mail"
+  if ((known)); then say "mail: user $email removed with its mail"; else say "mail: no user $email (nothing to remove)"; fi
 }
 
 cmd_reset() {

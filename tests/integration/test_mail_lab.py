@@ -42,6 +42,14 @@ async def _imap_login(lab: MailLab, email: str, password: str) -> IMAP4_SSL:
     return client
 
 
+async def _examine(client: IMAP4_SSL, mailbox: str) -> None:
+    """Read-only open. aioimaplib 2.0.3 leaves its state at AUTH after EXAMINE (only SELECT moves it to
+    SELECTED), so it would refuse the FETCH that follows; the fetcher's session layer must handle this."""
+    res = await client.examine(mailbox)
+    assert res.result == "OK", res
+    client.protocol.state = "SELECTED"
+
+
 async def _find_subject(
     lab: MailLab, email: str, password: str, subject: str, timeout: float = 20.0
 ) -> bytes:
@@ -50,8 +58,7 @@ async def _find_subject(
     while True:
         client = await _imap_login(lab, email, password)
         try:
-            res = await client.examine("INBOX")
-            assert res.result == "OK", res
+            await _examine(client, "INBOX")
             res = await client.uid_search(f'HEADER Subject "{subject}"')
             uids = res.lines[0].split() if res.result == "OK" and res.lines and res.lines[0] else []
             if uids:
