@@ -47,7 +47,9 @@ def _topics_list() -> int:
     return 0
 
 
-async def _tail(settings: ServiceSettings, topics: list[str], from_beginning: bool, limit: int | None) -> int:
+async def _tail(
+    settings: ServiceSettings, topics: list[str], from_beginning: bool, limit: int | None, idle: float | None
+) -> int:
     unknown = [t for t in topics if t not in TOPICS_BY_NAME]
     if unknown:
         print(f"mailsync: unknown topic(s) {', '.join(unknown)}; see `mailsync topics list`", file=sys.stderr)
@@ -62,15 +64,17 @@ async def _tail(settings: ServiceSettings, topics: list[str], from_beginning: bo
     await consumer.start()
     seen = 0
     try:
-        async for record in consumer:
+        while limit is None or seen < limit:
+            try:
+                record = await asyncio.wait_for(consumer.getone(), idle)
+            except TimeoutError:
+                break
             try:
                 body: Any = json.loads(record.value or b"null")
             except ValueError:
                 body = (record.value or b"").decode("utf-8", "replace")
             print(json.dumps({"topic": record.topic, "offset": record.offset, "event": body}), flush=True)
             seen += 1
-            if limit is not None and seen >= limit:
-                break
     finally:
         await consumer.stop()
     return 0
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("topics", nargs="*", help="topic names (default: all)")
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, default=None, help="stop after N events")
+    tail.add_argument("--idle", type=float, default=None, help="stop after N seconds without an event")
     args = parser.parse_args(argv)
 
     settings = ServiceSettings(service_name="cli")
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return _topics_list()
         if args.cmd == "topics":
             return asyncio.run(_topics_apply(settings, args.replication_factor))
-        return asyncio.run(_tail(settings, args.topics, args.from_beginning, args.max))
+        return asyncio.run(_tail(settings, args.topics, args.from_beginning, args.max, args.idle))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line a user can act on, not a stack trace

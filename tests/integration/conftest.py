@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
 
 from contracts import TOPICS, Envelope, topic_of
@@ -113,13 +113,20 @@ async def watch(kafka_bootstrap: str) -> AsyncIterator[Callable[[str], Awaitable
     consumers: list[AIOKafkaConsumer] = []
 
     async def make(topic: str) -> TopicWatcher:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="latest", enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
         await consumer.start()
-        # Pin the position to the current end before anything is published.
-        await consumer.seek_to_end()
-        for tp in consumer.assignment():
+        meta = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await meta.start()
+        try:
+            ids = await meta.partitions_for(topic)  # public call that waits for the topic's metadata
+        finally:
+            await meta.stop()
+        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+        assert partitions, f"topic {topic} has no partitions"
+        # Explicit assignment and positions pinned to the current end before anything is published.
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
             await consumer.position(tp)
         consumers.append(consumer)
         return TopicWatcher(consumer)

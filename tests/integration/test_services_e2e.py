@@ -163,13 +163,16 @@ async def test_fetcher_applies_inbox_commands_and_refuses_unknown_inboxes(  # ty
         data = InboxCommandData(request_id=request_id, action=action, by_user_id="admin")  # type: ignore[arg-type]
         return InboxCommandRequested.build(data=data, tenant_id="t1", inbox_id=target, source="/console")
 
-    await producer(cmd("pause", inbox_id, "r1"))
+    request_id = f"r-{uuid.uuid4().hex}"
+    await producer(cmd("pause", inbox_id, request_id))
     paused = await inbox_events.wait_for(lambda e: e["inbox_id"] == inbox_id)
-    assert paused["type"] == "mailsync.inbox.paused" and paused["data"]["request_id"] == "r1"
+    assert paused["type"] == "mailsync.inbox.paused" and paused["data"]["request_id"] == request_id
     await eventually(lambda: db.inboxes.find_one({"_id": f"t1:{inbox_id}", "status": "paused"}))
 
-    await producer(cmd("resume", "no-such-inbox", "r2"))
-    refusal = await rejected.wait_for(lambda e: e["data"]["key"] == "no-such-inbox")
+    # Fresh ids: a command id seen before is a duplicate and, rightly, not refused a second time.
+    unknown = f"no-such-inbox-{uuid.uuid4().hex[:6]}"
+    await producer(cmd("resume", unknown, f"r-{uuid.uuid4().hex}"))
+    refusal = await rejected.wait_for(lambda e: e["data"]["key"] == unknown)
     assert "unknown inbox" in refusal["data"]["reason"]
 
 
