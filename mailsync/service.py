@@ -47,6 +47,9 @@ class Runtime:
     log: logging.Logger
     consumer: EventConsumer
     startup_hooks: list[Callable[[], Any]] = field(default_factory=list)
+    shutdown_hooks: list[Callable[[], Any]] = field(default_factory=list)
+    # Extra ASGI routes a service serves beside /healthz and /readyz (e.g. the fetcher's admin API).
+    http_routes: list[tuple[str, Any]] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -108,12 +111,16 @@ def build(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> tuple[
         log.info("started", extra={"http_port": settings.http_port})
 
     async def _after_shutdown() -> None:
+        for hook in rt.shutdown_hooks:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                await result
         await mongo.close()
         log.info("stopped")
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=[("/healthz", healthz), ("/readyz", readyz)],
+        asgi_routes=[("/healthz", healthz), ("/readyz", readyz), *rt.http_routes],
         logger=log,
         after_startup=[_after_startup],
         after_shutdown=[_after_shutdown],
