@@ -4,6 +4,7 @@ LOCAL := deploy/local
 VENV  := .venv/bin
 
 .PHONY: help install run stop status test test-unit lint contracts bench clean
+.PHONY: images deploy-check
 
 help:
 	@echo "make run       install what is missing, start Kafka, FerretDB, the mail lab and the 4 services"
@@ -12,6 +13,8 @@ help:
 	@echo "make lint      ruff + mypy --strict"
 	@echo "make contracts regenerate contracts/asyncapi.json and contracts/schemas/"
 	@echo "make status    what is running"
+	@echo "make images    build the four service images (needs Docker; IMAGE_REPO, IMAGE_TAG)"
+	@echo "make deploy-check  hadolint + helm lint + helm template | kubeconform -strict (pinned tools)"
 
 install:
 	@$(LOCAL)/python.sh
@@ -49,3 +52,37 @@ contracts:
 
 clean: stop
 	rm -rf .stack .venv
+
+# Container images, one per service (deploy/docker/<service>.Dockerfile, build context = repo root).
+IMAGE_REPO ?= mailsync
+IMAGE_TAG  ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	@command -v docker >/dev/null || { echo "make images: docker not found; install Docker, or build with any OCI builder from deploy/docker/*.Dockerfile" >&2; exit 1; }
+	@for svc in fetcher linker sender janitor; do \
+	  echo "building $(IMAGE_REPO)-$$svc:$(IMAGE_TAG)"; \
+	  docker build -f deploy/docker/$$svc.Dockerfile -t $(IMAGE_REPO)-$$svc:$(IMAGE_TAG) . || exit 1; \
+	done
+
+# Dockerfiles and the Helm chart, validated with pinned tools installed by deploy/tools.sh.
+deploy-check:
+	@deploy/check.sh
+
+# P1 (issue #4): initial sync of a seeded Dovecot mailbox vs mbsync (Debian isync) and raw imaplib.
+.PHONY: bench-sync
+bench-sync:
+	@command -v mbsync >/dev/null || { echo "make bench-sync: mbsync not found; apt-get install isync" >&2; exit 1; }
+	@$(LOCAL)/stack.sh up
+	$(VENV)/python bench/sync.py --messages $${MESSAGES:-100000}
+
+# P5 (issue #5): linking against a directory of 1,000,000 addresses (500,000 records); pure CPU, no stack.
+.PHONY: bench-link
+bench-link:
+	@$(LOCAL)/python.sh
+	$(VENV)/python bench/link.py --addresses $${ADDRESSES:-1000000} --messages $${MESSAGES:-50000}
+
+# P6 (issue #6): one sender process through the local Postfix, Sent-copy APPEND to Dovecot; target ≥ 100 msgs/s.
+.PHONY: bench-send
+bench-send:
+	@$(LOCAL)/python.sh
+	@$(LOCAL)/stack.sh up
+	$(VENV)/python bench/send.py --messages $${MESSAGES:-1000} --baseline $${BASELINE:-200}

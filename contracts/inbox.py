@@ -135,6 +135,23 @@ class InboxDeactivationWarning(Envelope[DeactivationWarningData]):
     type: Literal["mailsync.inbox.deactivation_warning"] = "mailsync.inbox.deactivation_warning"
 
 
+class DeactivationWarningCancelledData(Payload):
+    identity: ClassVar[tuple[str, ...]] = ("reason", "deactivate_at")
+    reason: DeactivationReason
+    owner_user_id: str
+    deactivate_at: datetime = Field(description="The date of the warning this cancels.")
+    cause: str = Field(default="activity", description="Why: `activity`, `reactivated`, `removed`.")
+
+
+class InboxDeactivationWarningCancelled(Envelope[DeactivationWarningCancelledData]):
+    """A deactivation warning no longer holds (the mail was opened or the user was active)."""
+
+    event_type: ClassVar[str] = "mailsync.inbox.deactivation_warning_cancelled"
+    type: Literal["mailsync.inbox.deactivation_warning_cancelled"] = (
+        "mailsync.inbox.deactivation_warning_cancelled"
+    )
+
+
 class InboxDeactivatedData(Payload):
     identity: ClassVar[tuple[str, ...]] = ("deactivation_id",)
     deactivation_id: str

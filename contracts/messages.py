@@ -13,6 +13,24 @@ from .envelope import Envelope, Payload
 Direction = Literal["inbound", "outbound"]
 
 
+class DeliveryStatus(Payload):
+    """One per-recipient block of a `message/delivery-status` part (RFC 3464)."""
+
+    final_recipient: str = Field(description="Final-Recipient address, address type removed.")
+    action: str = Field(description="`failed`, `delayed`, `delivered`, `relayed` or `expanded`.")
+    status: str | None = Field(default=None, description="Status code, e.g. `5.1.1`.")
+    diagnostic: str | None = Field(default=None, description="Diagnostic-Code text.")
+
+
+class DeliveryReport(Payload):
+    """What a DSN says: the recipients it reports on and the Message-ID of the original, if attached."""
+
+    recipients: list[DeliveryStatus] = Field(default_factory=list)
+    original_message_id: str | None = Field(
+        default=None, description="Message-ID of the returned message (from its attached headers)."
+    )
+
+
 class MessageReceivedData(Payload):
     identity: ClassVar[tuple[str, ...]] = ("ref",)
 
@@ -46,6 +64,19 @@ class MessageReceivedData(Payload):
     body_stored: bool = Field(default=False, description="Body fetched and stored; bodies follow headers.")
     parse_errors: list[str] = Field(
         default_factory=list, description="Non-empty when the MIME was malformed; raw bytes are kept."
+    )
+    content_type: str | None = Field(
+        default=None,
+        description="Top-level Content-Type with its parameters, e.g. "
+        "`multipart/report; report-type=delivery-status` (bounce detection).",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Selected headers for auto-reply and bounce detection, names lower-cased: `precedence`, "
+        "`x-autoreply`, `x-autorespond`, `x-failed-recipients`, `list-id`, `return-path`.",
+    )
+    delivery_report: DeliveryReport | None = Field(
+        default=None, description="The parsed `message/delivery-status` part of a DSN (multipart/report)."
     )
 
 

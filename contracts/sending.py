@@ -68,6 +68,14 @@ class MessageSentData(Payload):
     refused_recipients: dict[str, str] = Field(default_factory=dict)
     smtp_response: str
     attempts: int = Field(ge=1)
+    from_: Address | None = Field(default=None, alias="from", description="From of the sent message.")
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    subject: str | None = None
+    in_reply_to: list[str] = Field(default_factory=list, description="Message-IDs, angle brackets removed.")
+    references: list[str] = Field(default_factory=list, description="Message-IDs, angle brackets removed.")
+    record_ids: list[str] = Field(default_factory=list, description="CRM records named in the request.")
 
 
 class MessageSent(Envelope[MessageSentData]):
@@ -105,7 +113,8 @@ class SentCopyStored(Envelope[SentCopyStoredData]):
 
 
 class SentCopyFailedData(Payload):
-    identity: ClassVar[tuple[str, ...]] = ("send_id",)
+    # Each failed attempt is its own fact: the last one (will_retry=False) must not dedupe away.
+    identity: ClassVar[tuple[str, ...]] = ("send_id", "attempts")
     send_id: str
     message_id: str
     attempts: int = Field(ge=1)
@@ -116,3 +125,19 @@ class SentCopyFailedData(Payload):
 class SentCopyFailed(Envelope[SentCopyFailedData]):
     event_type: ClassVar[str] = "mailsync.send.sent_copy_failed"
     type: Literal["mailsync.send.sent_copy_failed"] = "mailsync.send.sent_copy_failed"
+
+
+class SendDeadLetteredData(Payload):
+    """A send that ran out of retries, with its command, for an operator to inspect or replay."""
+
+    identity: ClassVar[tuple[str, ...]] = ("idempotency_key",)
+    idempotency_key: str
+    send_id: str | None = None
+    attempts: int = Field(ge=0)
+    error: ErrorInfo
+    command: SendRequestedData
+
+
+class SendDeadLettered(Envelope[SendDeadLetteredData]):
+    event_type: ClassVar[str] = "mailsync.send.dead_lettered"
+    type: Literal["mailsync.send.dead_lettered"] = "mailsync.send.dead_lettered"

@@ -61,6 +61,7 @@ TOPICS: tuple[Topic, ...] = (
             inbox.InboxThrottled,
             inbox.InboxPaused,
             inbox.InboxDeactivationWarning,
+            inbox.InboxDeactivationWarningCancelled,
             inbox.InboxDeactivated,
             inbox.InboxReactivated,
             inbox.InboxRemoved,
@@ -105,6 +106,14 @@ TOPICS: tuple[Topic, ...] = (
         "inbox_id",
         (sending.MessageSent, sending.SendFailed, sending.SentCopyStored, sending.SentCopyFailed),
         "Outcomes of send commands and of the Sent-folder copy.",
+    ),
+    Topic(
+        "mailsync.send.deadletter.v1",
+        "inbox_id",
+        (sending.SendDeadLettered,),
+        "Send commands that exhausted their retries (after `send failed`), with the command.",
+        partitions=3,
+        retention_ms=30 * DAY_MS,
     ),
     Topic(
         "crm.records.v1",

@@ -11,6 +11,7 @@ Every subscriber goes through `EventConsumer.process`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope, parse_event
 from contracts.errors import InputRejected, InputRejectedData
@@ -27,6 +29,9 @@ from .logs import scrub
 from .store import Document
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
+# Called after a record was rejected, with (raw record, topic, reason): lets a service answer in its own
+# terms too (the sender emits `send failed` for a malformed send command that names its idempotency key).
+RejectHook = Callable[[bytes, str, str], Awaitable[None]]
 
 PROCESSED = "processed_events"
 
@@ -57,6 +62,7 @@ class EventConsumer:
         self._tenant_default = tenant_default
         self._retry_delay = retry_delay
         self.log = logging.getLogger(f"mailsync.{name}.consumer")
+        self.reject_hooks: list[RejectHook] = []
 
     async def process(
         self, raw: bytes, *, topic: str, partition: int, offset: int, key: bytes | None, handler: Handler
@@ -78,9 +84,10 @@ class EventConsumer:
             # Back off before the redelivery so a down dependency is not hammered.
             await asyncio.sleep(self._retry_delay)
             raise
-        await processed.update_one(
-            {"_id": marker}, {"$setOnInsert": {"at": datetime.now(UTC), "type": event.type}}, upsert=True
-        )
+        # insert, not an upsert: FerretDB v1 executes an update by _id as a scan of the collection
+        # (≈70 ms at 5,000 documents) while an insert stays O(1); a concurrent duplicate is harmless.
+        with contextlib.suppress(DuplicateKeyError):
+            await processed.insert_one({"_id": marker, "at": datetime.now(UTC), "type": event.type})
         return "handled"
 
     async def _reject(
@@ -104,3 +111,5 @@ class EventConsumer:
             subject=key_text or f"{topic}/{partition}/{offset}",
         )
         await self._publisher.publish(event)
+        for hook in self.reject_hooks:
+            await hook(raw, topic, reason)

@@ -85,12 +85,16 @@ class InboxRecord(BaseModel):
     additional_from: list[str] = Field(default_factory=list)
     sharing: Literal["private", "metadata", "subject", "full"] = "private"
     shared_with: list[str] = Field(default_factory=list)
+    contact_discovery: Literal["off", "sent_only", "sent_and_received"] = Field(
+        default="off", description="Which participants the linker may report as discovered contacts."
+    )
     sent_copy: Literal["auto", "always", "never"] = "auto"
     provider_files_sent_copy: bool = Field(
         default=False, description="From the preset (Gmail, O365, iCloud)."
     )
     sync: SyncOptions = Field(default_factory=SyncOptions)
     status: InboxStatus = "connecting"
+    revision: int = Field(default=0, ge=0, description="Bumped by each settings change (onboarding).")
     status_reason: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None

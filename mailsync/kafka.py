@@ -10,12 +10,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from contracts import Envelope, Topic, topic_of
 
+from . import metrics
 from .settings import ServiceSettings
 
 log = logging.getLogger("mailsync.kafka")
@@ -46,8 +48,19 @@ def security(settings: ServiceSettings) -> BaseSecurity | None:
     return None
 
 
-def make_broker(settings: ServiceSettings, logger: logging.Logger | None = None) -> KafkaBroker:
-    """A broker whose producer never loses an acknowledged event: acks=all, idempotent producer."""
+def make_broker(
+    settings: ServiceSettings, logger: logging.Logger | None = None, tracer_provider: Any | None = None
+) -> KafkaBroker:
+    """A broker whose producer never loses an acknowledged event: acks=all, idempotent producer.
+
+    With a tracer provider, FastStream's telemetry middleware traces publishes and consumes and
+    carries the trace context in the record headers.
+    """
+    middlewares: list[Any] = []
+    if tracer_provider is not None:
+        from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware  # noqa: PLC0415
+
+        middlewares.append(KafkaTelemetryMiddleware(tracer_provider=tracer_provider))
     return KafkaBroker(
         settings.kafka_bootstrap_servers.split(","),
         client_id=f"mailsync-{settings.service_name}",
@@ -62,6 +75,7 @@ def make_broker(settings: ServiceSettings, logger: logging.Logger | None = None)
         graceful_timeout=settings.shutdown_timeout_seconds,
         logger=logger,
         log_level=logging.DEBUG,  # FastStream's per-message INFO lines cost throughput; keep them at DEBUG
+        middlewares=middlewares,
     )
 
 
@@ -85,6 +99,7 @@ class EventPublisher:
         """Publish one event and wait for Kafka's acknowledgement."""
         topic, key, body = self.route(event)
         await self._broker.publish(body, topic.name, key=key, headers=self.headers(event))
+        metrics.observe_produced(topic.name, event.type)
 
     async def publish_all(self, events: Sequence[Envelope[Any]]) -> None:
         """Publish many events pipelined, returning once Kafka acknowledged all of them.
@@ -101,12 +116,65 @@ class EventPublisher:
             )
             futures.append(fut)
         await asyncio.gather(*futures)
+        for event in events:
+            metrics.observe_produced(topic_of(event).name, event.type)
+
+
+DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: set on the topic itself
+
+
+def config_drift(wanted: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """The wanted settings whose current value differs (a missing key counts as different)."""
+    return {k: v for k, v in wanted.items() if current.get(k) != v}
+
+
+async def _align_topic_configs(admin: AIOKafkaAdminClient, topics: Sequence[Topic]) -> list[str]:
+    """Bring retention/cleanup (and any registry config) of existing topics to the registry's values.
+
+    AlterConfigs (the non-incremental API aiokafka offers) replaces every dynamic setting of a topic,
+    so the topic's other dynamic settings (say, one an operator set) are sent back unchanged.
+    """
+    resources = [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in topics]
+    described = await admin.describe_configs(resources)
+    current: dict[str, dict[str, str]] = {}
+    dynamic: dict[str, dict[str, str]] = {}
+    for response in described:
+        for res in response.to_object()["resources"]:
+            if res["error_code"]:
+                msg = f"describing configs of {res['resource_name']} failed: {res['error_message']}"
+                raise RuntimeError(msg)
+            entries = res["config_entries"]
+            current[res["resource_name"]] = {e["config_names"]: e["config_value"] for e in entries}
+            dynamic[res["resource_name"]] = {
+                e["config_names"]: e["config_value"]
+                for e in entries
+                if e["config_source"] == DYNAMIC_TOPIC_CONFIG and e["config_value"] is not None
+            }
+    changes: list[str] = []
+    alter: list[ConfigResource] = []
+    for t in topics:
+        drift = config_drift(t.kafka_config(), current.get(t.name, {}))
+        if drift:
+            merged = {**dynamic.get(t.name, {}), **t.kafka_config()}
+            alter.append(ConfigResource(ConfigResourceType.TOPIC, t.name, merged))
+            settings = ", ".join(f"{k}={v}" for k, v in sorted(drift.items()))
+            changes.append(f"updated {t.name} config: {settings}")
+    if alter:
+        for response in await admin.alter_configs(alter):
+            for res in response.to_object()["resources"]:
+                if res["error_code"]:
+                    msg = f"altering configs of {res['resource_name']} failed: {res['error_message']}"
+                    raise RuntimeError(msg)
+    return changes
 
 
 async def apply_topics(
     bootstrap_servers: str, topics: Iterable[Topic], *, replication_factor: int = 1, **client: Any
 ) -> list[str]:
-    """Create missing topics and grow partition counts; idempotent. Returns what it changed."""
+    """Create missing topics, grow partition counts, align retention/cleanup; idempotent.
+
+    Returns what it changed (empty when everything already matched the registry).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), **client)
     await admin.start()
     changed: list[str] = []
@@ -133,6 +201,78 @@ async def apply_topics(
             if grow:
                 await admin.create_partitions(grow)
                 changed += [f"grew {name} to {p.total_count} partitions" for name, p in grow.items()]
+            changed += await _align_topic_configs(admin, present)
     finally:
         await admin.close()
     return changed
+
+
+def client_kwargs(settings: ServiceSettings) -> dict[str, Any]:
+    """Security keyword arguments for plain aiokafka clients (admin, consumer), from the settings."""
+    sec = security(settings)
+    if sec is None:
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if sec.ssl_context is not None:
+        kwargs["ssl_context"] = sec.ssl_context
+    if settings.kafka_sasl_mechanism:
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        kwargs["sasl_plain_password"] = password.get_secret_value() if password else None
+    return kwargs
+
+
+class KafkaStartupError(RuntimeError):
+    """Kafka refused or could not be reached at start-up; the message says which setting to check."""
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def check_connection(settings: ServiceSettings, attempts: int = 3, delay: float = 2.0) -> None:
+    """Bootstrap once against Kafka before serving; raise KafkaStartupError with the broker's reason.
+
+    aiokafka logs the real cause (say `SaslAuthenticationFailed`) and raises a generic "Unable to
+    bootstrap"; the log line is captured so the error names the cause. Without this check a service
+    whose broker cannot connect keeps running unready instead of exiting with a clear error.
+    """
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+    capture = _Capture()
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.addHandler(capture)
+    try:
+        for attempt in range(attempts):
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=settings.kafka_bootstrap_servers.split(","), **client_kwargs(settings)
+            )
+            try:
+                await admin.start()
+            except KafkaError as exc:
+                auth = [m for m in capture.messages if "Authentication" in m or "SASL" in m.upper()]
+                if auth or attempt == attempts - 1:
+                    cause = auth[-1] if auth else (capture.messages[-1] if capture.messages else str(exc))
+                    mech = settings.kafka_sasl_mechanism or "-"
+                    msg = (
+                        f"cannot connect to Kafka at {settings.kafka_bootstrap_servers} "
+                        f"(security protocol {settings.kafka_security_protocol}, SASL mechanism {mech}, "
+                        f"user {settings.kafka_sasl_username or '-'}): {cause}; check the "
+                        "MAILSYNC_KAFKA_BOOTSTRAP_SERVERS, MAILSYNC_KAFKA_SECURITY_PROTOCOL and "
+                        "MAILSYNC_KAFKA_SASL_* settings"
+                    )
+                    raise KafkaStartupError(msg) from None
+                await asyncio.sleep(delay)
+            else:
+                return
+            finally:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+    finally:
+        aiokafka_log.removeHandler(capture)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -24,11 +25,11 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from contracts import TOPICS_BY_NAME
+from contracts import TOPICS_BY_NAME, Envelope, Topic
 
-from . import logs, store
+from . import logs, metrics, store, tracing
 from .consumer import EventConsumer, Handler
-from .kafka import EventPublisher, make_broker
+from .kafka import EventPublisher, KafkaStartupError, check_connection, make_broker
 from .settings import ServiceSettings
 from .store import Document
 
@@ -50,6 +51,8 @@ class Runtime:
     shutdown_hooks: list[Callable[[], Any]] = field(default_factory=list)
     # Extra ASGI routes a service serves beside /healthz and /readyz (e.g. the fetcher's admin API).
     http_routes: list[tuple[str, Any]] = field(default_factory=list)
+    # Run before each /metrics scrape to refresh state gauges (see mailsync.metrics.Collector).
+    metrics_collectors: list[metrics.Collector] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -70,19 +73,52 @@ class Runtime:
         async def _consume(msg: KafkaMessage) -> None:
             record = msg.raw_message
             assert not isinstance(record, tuple)  # single-record subscriber
-            await consumer.process(
-                msg.body,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                handler=handler,
-            )
+            started = time.perf_counter()
+            seen: list[str] = []
+
+            async def _handle(event: Envelope[Any]) -> None:
+                seen.append(event.type)
+                await handler(event)
+
+            try:
+                outcome = await consumer.process(
+                    msg.body,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    handler=_handle,
+                )
+            except Exception:
+                metrics.observe_consumed(
+                    record.topic, _event_type(topic, seen, record.headers), "failed", started
+                )
+                raise
+            metrics.observe_consumed(record.topic, _event_type(topic, seen, record.headers), outcome, started)
+            metrics.observe_lag(msg.consumer, record.topic, record.partition, record.offset)
 
 
-def build(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> tuple[AsgiFastStream, Runtime]:
+def _event_type(topic: Topic, seen: list[str], headers: Any) -> str:
+    """Metric label for a record: the parsed type, else a registry type named by its `ce_type` header.
+
+    Only registry types are used, so a producer's arbitrary header cannot grow the label set.
+    """
+    if seen:
+        return seen[0]
+    known = {cls.event_type for cls in topic.events}
+    for name, value in headers or ():
+        if name == "ce_type" and value and bytes(value).decode("utf-8", "replace") in known:
+            return bytes(value).decode()
+    return "unknown"
+
+
+def build(
+    settings: ServiceSettings, setup: Callable[[Runtime], None], tracer_provider: Any | None = None
+) -> tuple[AsgiFastStream, Runtime]:
     log = logs.configure(settings.service_name, settings.log_level)
-    broker = make_broker(settings, logger=logging.getLogger("faststream"))
+    # Tests pass their own provider (in-memory exporter); otherwise MAILSYNC_TRACING_ENABLED decides.
+    tracer_provider = tracer_provider or tracing.tracer_provider(settings)
+    broker = make_broker(settings, logger=logging.getLogger("faststream"), tracer_provider=tracer_provider)
     publisher = EventPublisher(broker)
     mongo = store.make_client(settings)
     db = store.database(mongo, settings)
@@ -103,6 +139,18 @@ def build(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> tuple[
         body = {"kafka": kafka_ok, "database": db_ok}
         return _json(200 if kafka_ok and db_ok else 503, body)
 
+    @get(include_in_schema=False)
+    async def metrics_endpoint(scope: Scope) -> AsgiResponse:
+        for collect in rt.metrics_collectors:
+            try:
+                result = collect()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a scrape still answers with what it has
+                log.warning("metrics collector failed", exc_info=True)
+        body, content_type = metrics.exposition()
+        return AsgiResponse(body, 200, headers={"content-type": content_type})
+
     async def _after_startup() -> None:
         for hook in rt.startup_hooks:
             result = hook()
@@ -116,11 +164,18 @@ def build(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> tuple[
             if asyncio.iscoroutine(result):
                 await result
         await mongo.close()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # flush the spans still batched
         log.info("stopped")
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=[("/healthz", healthz), ("/readyz", readyz), *rt.http_routes],
+        asgi_routes=[
+            ("/healthz", healthz),
+            ("/readyz", readyz),
+            ("/metrics", metrics_endpoint),
+            *rt.http_routes,
+        ],
         logger=log,
         after_startup=[_after_startup],
         after_shutdown=[_after_shutdown],
@@ -133,7 +188,13 @@ def _exit_zero(signum: int, frame: FrameType | None) -> None:
 
 
 def run_service(settings: ServiceSettings, setup: Callable[[Runtime], None]) -> None:
-    app, _ = build(settings, setup)
+    app, rt = build(settings, setup)
+    # Fail fast with the broker's reason (e.g. wrong SASL credentials) instead of hanging unready.
+    try:
+        asyncio.run(check_connection(settings))
+    except KafkaStartupError as exc:
+        rt.log.error(str(exc))
+        raise SystemExit(1) from None
     # uvicorn handles SIGTERM/SIGINT gracefully, then re-raises the signal to the handler it found;
     # this one turns that into exit status 0, so orchestrators see a clean stop.
     signal.signal(signal.SIGTERM, _exit_zero)

@@ -39,6 +39,11 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    tracing_enabled: bool = Field(
+        default=False,
+        description="OpenTelemetry spans for every publish and consume, trace context in Kafka headers; "
+        "exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set and the OTLP exporter is installed.",
+    )
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
 
     def consumer_group(self) -> str:

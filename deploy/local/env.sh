@@ -24,10 +24,12 @@ LMTP_PORT="${LMTP_PORT:-31024}"              # Dovecot LMTP, Postfix delivers he
 SMTP_PORT="${SMTP_PORT:-31025}"              # Postfix MTA port: inbound mail, no AUTH
 SUBMISSION_PORT="${SUBMISSION_PORT:-31587}"  # Postfix submission, STARTTLS + SASL
 SUBMISSIONS_PORT="${SUBMISSIONS_PORT:-31465}" # Postfix submission, implicit TLS + SASL
+# Dovecot's oauth2 passdb asks this local introspection endpoint (served by the onboarding tests).
+OAUTH2_INTROSPECTION_PORT="${OAUTH2_INTROSPECTION_PORT:-31080}"
 
 export MAILSYNC_REPO MAILSYNC_STACK_DIR MAILSYNC_HOST KAFKA_VERSION KAFKA_PORT KAFKA_CONTROLLER_PORT \
   FERRETDB_VERSION FERRETDB_PORT MAIL_DOMAIN IMAP_PORT IMAPS_PORT LMTP_PORT SMTP_PORT \
-  SUBMISSION_PORT SUBMISSIONS_PORT
+  SUBMISSION_PORT SUBMISSIONS_PORT OAUTH2_INTROSPECTION_PORT
 
 # One-line error and exit: what went wrong and what to do.
 die() { echo "mailsync-stack: error: $*" >&2; exit 1; }

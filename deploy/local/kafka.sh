@@ -11,6 +11,15 @@
 # also KAFKA_HEAP_OPTS (default -Xms256m -Xmx512m), KAFKA_START_TIMEOUT (s, default 60), JAVA_HOME.
 # Layout under $MAILSYNC_STACK_DIR/kafka: <version>/libs (jars), data (log.dirs), logs (server.log,
 # install/format logs, JVM stdout), run (server.properties, pid file, start record).
+#
+# Optional SASL listener (off by default): KAFKA_SASL_PORT=39094 adds SASL_PLAINTEXT on that port with
+# SCRAM-SHA-512 and PLAIN, for one user KAFKA_SASL_USER / KAFKA_SASL_PASSWORD (defaults mailsync /
+# mailsync-dev-secret, a local development credential). The SCRAM credential is written at format
+# time (StorageTool --add-scram) or, for storage formatted earlier, once after start (ConfigCommand).
+# The PLAINTEXT listener stays as it is, so the other local tools keep working.
+# KAFKA_SASL_SSL_PORT (with KAFKA_SASL_PORT) adds SASL_SSL, the production setup: same mechanisms over
+# TLS with a certificate for 127.0.0.1/localhost signed by a local CA made once with openssl
+# ($MAILSYNC_STACK_DIR/kafka/tls/ca.crt is the file clients trust: MAILSYNC_KAFKA_SSL_CAFILE).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +40,12 @@ LOG4J2="$HERE/kafka/log4j2.xml"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
+KAFKA_SASL_USER="${KAFKA_SASL_USER:-mailsync}"
+KAFKA_SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-mailsync-dev-secret}"
+SCRAM_MARKER="$DATA/.mailsync-scram-user"
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
+TLS="$KAFKA_HOME/tls"
 
 usage() { echo "usage: $0 {install|start|stop|status|reset}" >&2; exit 2; }
 
@@ -127,6 +142,65 @@ group.initial.rebalance.delay.ms=0
 broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=1000
 EOF
+  [[ -n $KAFKA_SASL_PORT ]] || return 0
+  local listeners="PLAINTEXT://$MAILSYNC_HOST:$KAFKA_PORT,SASL_PLAINTEXT://$MAILSYNC_HOST:$KAFKA_SASL_PORT"
+  local map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT" name
+  [[ -z $KAFKA_SASL_SSL_PORT ]] || {
+    listeners="$listeners,SASL_SSL://$MAILSYNC_HOST:$KAFKA_SASL_SSL_PORT"
+    map="$map,SASL_SSL:SASL_SSL"
+  }
+  # Later keys win in a Java properties file: these replace the listener lines above.
+  cat >>"$PROPS" <<EOF
+# Optional SASL listeners (KAFKA_SASL_PORT, KAFKA_SASL_SSL_PORT): SCRAM-SHA-512 and PLAIN, local use only.
+listeners=$listeners,CONTROLLER://$MAILSYNC_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listeners
+listener.security.protocol.map=$map
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+EOF
+  for name in sasl_plaintext ${KAFKA_SASL_SSL_PORT:+sasl_ssl}; do
+    cat >>"$PROPS" <<EOF
+listener.name.$name.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.$name.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
+EOF
+  done
+  [[ -z $KAFKA_SASL_SSL_PORT ]] || cat >>"$PROPS" <<EOF
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS/server.pem
+EOF
+}
+
+# A local CA and a server certificate for 127.0.0.1/localhost (made once; PEM keystore for Kafka:
+# unencrypted PKCS#8 key followed by the certificate chain).
+make_tls() {
+  [[ -n $KAFKA_SASL_SSL_PORT && ! -f $TLS/server.pem ]] || return 0
+  command -v openssl >/dev/null || die "openssl not found: install it (Debian: apt-get install openssl) for KAFKA_SASL_SSL_PORT"
+  local log="$LOGS/tls.log"
+  mkdir -p "$TLS"
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=mailsync local Kafka CA" \
+      -keyout "$TLS/ca.key" -out "$TLS/ca.crt" &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$TLS/server.key" -out "$TLS/server.csr" &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS/san.ext" &&
+      openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$TLS/san.ext" -out "$TLS/server.crt" &&
+      openssl pkcs8 -topk8 -nocrypt -in "$TLS/server.key" -out "$TLS/server.p8"
+  } >"$log" 2>&1 || die "making the local Kafka TLS certificate failed; see $log"
+  cat "$TLS/server.p8" "$TLS/server.crt" "$TLS/ca.crt" >"$TLS/server.pem"
+  chmod 600 "$TLS"/*.key "$TLS"/*.p8 "$TLS/server.pem"
+}
+
+# SCRAM credential for storage formatted without it (added once through the PLAINTEXT listener).
+ensure_scram_user() {
+  [[ -n $KAFKA_SASL_PORT && ! -f $SCRAM_MARKER ]] || return 0
+  local log="$LOGS/scram-user.log"
+  if ! "$JAVA" -Xmx256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J2" \
+      -Dkafka.logs.dir="$LOGS" -Dkafka.log.name=config-command kafka.admin.ConfigCommand \
+      --bootstrap-server "$MAILSYNC_HOST:$KAFKA_PORT" --alter --entity-type users \
+      --entity-name "$KAFKA_SASL_USER" \
+      --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SASL_PASSWORD]" >"$log" 2>&1 9>&-; then
+    die "adding the SCRAM user $KAFKA_SASL_USER failed; see $log"
+  fi
+  echo "$KAFKA_SASL_USER" >"$SCRAM_MARKER"
 }
 
 # A KRaft cluster id is 16 random bytes, URL-safe base64 without padding (22 chars). Kafka's own
@@ -144,14 +218,18 @@ format_storage() {
   local cid log="$LOGS/format.log"
   cid=$(new_cluster_id)
   say "formatting $DATA (cluster id $cid)"
+  local -a scram=()
+  [[ -n $KAFKA_SASL_PORT ]] &&
+    scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USER,iterations=4096,password=$KAFKA_SASL_PASSWORD]")
   # Static single voter (controller.quorum.voters), so no --standalone is needed.
   if ! "$JAVA" -Xmx256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J2" \
       -Dkafka.logs.dir="$LOGS" -Dkafka.log.name=storage-tool \
-      kafka.tools.StorageTool format -t "$cid" -c "$PROPS" >"$log" 2>&1 9>&-; then
+      kafka.tools.StorageTool format -t "$cid" -c "$PROPS" "${scram[@]}" >"$log" 2>&1 9>&-; then
     tail -n 20 "$log" >&2
     die "formatting Kafka storage failed; see $log and $LOGS/storage-tool.log"
   fi
   echo "$KAFKA_VERSION" >"$DATA/.mailsync-formatted-by"
+  [[ -z $KAFKA_SASL_PORT ]] || echo "$KAFKA_SASL_USER" >"$SCRAM_MARKER"
 }
 
 # Last lines of the logs, then stop the JVM and exit with one error line.
@@ -184,8 +262,12 @@ cmd_start() {
   need_java
   [[ $KAFKA_PORT != "$KAFKA_CONTROLLER_PORT" ]] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT are both $KAFKA_PORT; set one of them to another port"
   port_free "$KAFKA_PORT" || die "port $KAFKA_PORT is already in use by another process; set KAFKA_PORT to a free port"
+  [[ -z $KAFKA_SASL_SSL_PORT || -n $KAFKA_SASL_PORT ]] || die "KAFKA_SASL_SSL_PORT needs KAFKA_SASL_PORT as well (the SCRAM user is shared); set both"
+  [[ -z $KAFKA_SASL_SSL_PORT ]] || port_free "$KAFKA_SASL_SSL_PORT" || die "port $KAFKA_SASL_SSL_PORT is already in use by another process; set KAFKA_SASL_SSL_PORT to a free port"
+  [[ -z $KAFKA_SASL_PORT ]] || port_free "$KAFKA_SASL_PORT" || die "port $KAFKA_SASL_PORT is already in use by another process; set KAFKA_SASL_PORT to a free port"
   port_free "$KAFKA_CONTROLLER_PORT" || die "port $KAFKA_CONTROLLER_PORT is already in use by another process; set KAFKA_CONTROLLER_PORT to a free port"
   mkdir -p "$DATA" "$LOGS" "$RUN"
+  make_tls
   write_props
   [[ -f $DATA/meta.properties ]] || format_storage
 
@@ -215,6 +297,9 @@ cmd_start() {
       local ms=$(( $(now_ms) - t0 ))
       printf 'version=%s\npid=%s\nstarted_at=%s\nstartup_ms=%s\n' \
         "$KAFKA_VERSION" "$pid" "$(date -Is)" "$ms" >"$STARTED"
+      ensure_scram_user
+      [[ -z $KAFKA_SASL_PORT ]] || say "kafka SASL listener (SCRAM-SHA-512, PLAIN) on $MAILSYNC_HOST:$KAFKA_SASL_PORT, user $KAFKA_SASL_USER"
+      [[ -z $KAFKA_SASL_SSL_PORT ]] || say "kafka SASL_SSL listener on $MAILSYNC_HOST:$KAFKA_SASL_SSL_PORT (CA: $TLS/ca.crt)"
       say "kafka $KAFKA_VERSION ready on $MAILSYNC_HOST:$KAFKA_PORT (pid $pid, $((ms / 1000)).$((ms % 1000 / 100)) s)"
       return 0
     fi

@@ -3,7 +3,7 @@
 # (STARTTLS + implicit TLS), LMTP and SASL; Postfix serves an MTA port for injecting inbound mail
 # and submission (STARTTLS + implicit TLS) with SASL through Dovecot. Runs as root.
 #
-#   deploy/local/mail.sh install | start | stop | status | adduser EMAIL PASSWORD | deluser EMAIL | reset
+#   deploy/local/mail.sh install | start | stop | status | reload | adduser EMAIL PASSWORD | deluser EMAIL | reset
 #
 # Config and state live under $MAILSYNC_STACK_DIR/mail/, rendered from deploy/local/mail/*.in.
 set -euo pipefail
@@ -42,7 +42,7 @@ DOVECOT_PORT_VARS=(IMAP_PORT IMAPS_PORT LMTP_PORT)
 POSTFIX_PORT_VARS=(SMTP_PORT SUBMISSION_PORT SUBMISSIONS_PORT)
 
 usage() {
-  echo "usage: $0 {install|start|stop|status|adduser EMAIL PASSWORD|deluser EMAIL|reset}" >&2
+  echo "usage: $0 {install|start|stop|status|reload|adduser EMAIL PASSWORD|deluser EMAIL|reset}" >&2
   exit 2
 }
 
@@ -171,12 +171,13 @@ render() {
   # shellcheck disable=SC2016  # literal ${NAME} list for envsubst
   vars='${MAIL_DOMAIN} ${IMAP_PORT} ${IMAPS_PORT} ${LMTP_PORT} ${SMTP_PORT} ${SUBMISSION_PORT}
     ${SUBMISSIONS_PORT} ${DOVECOT_BASE_DIR} ${DOVECOT_STATE_DIR} ${LOG_DIR} ${TLS_DIR} ${USERS_FILE}
-    ${VMAIL_DIR} ${VMAIL_UID} ${VMAIL_GID} ${PF_QUEUE_DIR} ${PF_DATA_DIR} ${PF_CONF_DIR}'
+    ${VMAIL_DIR} ${VMAIL_UID} ${VMAIL_GID} ${PF_QUEUE_DIR} ${PF_DATA_DIR} ${PF_CONF_DIR}
+    ${OAUTH2_INTROSPECTION_PORT} ${MAIL_ETC_DIR}'
   [[ -f $src ]] || die "template $src is missing"
   VMAIL_UID=$(id -u "$VMAIL_USER") VMAIL_GID=$(id -g "$VMAIL_USER") \
     DOVECOT_BASE_DIR=$DOVECOT_BASE_DIR DOVECOT_STATE_DIR=$DOVECOT_STATE_DIR LOG_DIR=$LOG_DIR \
     TLS_DIR=$TLS_DIR USERS_FILE=$USERS_FILE VMAIL_DIR=$VMAIL_DIR PF_QUEUE_DIR=$PF_QUEUE_DIR \
-    PF_DATA_DIR=$PF_DATA_DIR PF_CONF_DIR=$PF_CONF_DIR \
+    PF_DATA_DIR=$PF_DATA_DIR PF_CONF_DIR=$PF_CONF_DIR MAIL_ETC_DIR=$ETC_DIR \
     envsubst "$vars" <"$src" >"$dst.tmp"
   chmod 0644 "$dst.tmp"
   if cmp -s "$dst.tmp" "$dst"; then rm -f "$dst.tmp"; else backdate "$dst.tmp"; mv "$dst.tmp" "$dst"; fi
@@ -189,6 +190,7 @@ backdate() { touch -d "@$(($(date +%s) - 10))" "$1"; }
 
 render_configs() {
   render "$TEMPLATES/dovecot.conf.in" "$DOVECOT_CONF"
+  render "$TEMPLATES/dovecot-oauth2.conf.ext.in" "$ETC_DIR/dovecot-oauth2.conf.ext"
   render "$TEMPLATES/main.cf.in" "$PF_CONF_DIR/main.cf"
   render "$TEMPLATES/master.cf.in" "$PF_CONF_DIR/master.cf"
 }
@@ -461,6 +463,18 @@ cmd_stop() {
   say "mail: stopped"
 }
 
+# Re-render the configs and have a running Dovecot re-read them (open sessions stay connected).
+cmd_reload() {
+  take_lock
+  prepare
+  if dovecot_running; then
+    doveadm -c "$DOVECOT_CONF" reload >/dev/null 2>&1 9>&- || die "doveadm reload failed (see $LOG_DIR/dovecot.log)"
+    say "mail: dovecot reloaded its configuration"
+  else
+    say "mail: dovecot not running; the new configuration applies at the next start"
+  fi
+}
+
 cmd_status() {
   local rc=0
   if dovecot_running; then
@@ -571,6 +585,7 @@ case $cmd in
   start) [[ $# -eq 0 ]] || usage; need_installed; cmd_start ;;
   stop) [[ $# -eq 0 ]] || usage; cmd_stop ;;
   status) [[ $# -eq 0 ]] || usage; cmd_status ;;
+  reload) [[ $# -eq 0 ]] || usage; need_installed; cmd_reload ;;
   adduser) cmd_adduser "$@" ;;
   deluser) cmd_deluser "$@" ;;
   reset) [[ $# -eq 0 ]] || usage; cmd_reset ;;

@@ -31,5 +31,5 @@ UV=$(uv_bin) || {
 
 mkdir -p "$MAILSYNC_STACK_DIR"
 cd "$MAILSYNC_REPO"
-"$UV" sync --frozen --quiet --python "$PYTHON" --extra testcontainers 2>"$MAILSYNC_STACK_DIR/uv-sync.log" \
+"$UV" sync --frozen --quiet --python "$PYTHON" --extra testcontainers --extra otlp 2>"$MAILSYNC_STACK_DIR/uv-sync.log" \
   || die "uv sync failed (is uv.lock in step with pyproject.toml? run 'uv lock'); see $MAILSYNC_STACK_DIR/uv-sync.log"

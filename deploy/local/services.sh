@@ -39,6 +39,12 @@ start_one() {
     export MAILSYNC_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
     export MAILSYNC_MONGO_URI="mongodb://127.0.0.1:$FERRETDB_PORT/"
     export MAILSYNC_HTTP_PORT="$port"
+    # Credential encryption key for the local stack (the fetcher refuses to start without one).
+    if [[ -z ${MAILSYNC_CREDENTIALS_KEYS:-} && -z ${MAILSYNC_CREDENTIALS_KEYS_FILE:-} ]]; then
+      keyfile="$MAILSYNC_STACK_DIR/credentials.keys"
+      [[ -s $keyfile ]] || (umask 077 && "$PY" -c 'from mailsync.credentials import generate_key; print("local1:" + generate_key())' >"$keyfile")
+      export MAILSYNC_CREDENTIALS_KEYS_FILE="$keyfile"
+    fi
     setsid nohup "$PY" -m "services.$name" >>"$DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
   )

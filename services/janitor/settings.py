@@ -6,6 +6,8 @@ from pydantic import Field
 
 from mailsync.settings import ServiceSettings
 
+DEFAULT_PURGE = ["messages", "message_bodies", "attachments", "link_messages", "link_threads"]
+
 
 class JanitorSettings(ServiceSettings):
     service_name: str = "janitor"
@@ -13,3 +15,25 @@ class JanitorSettings(ServiceSettings):
     janitor_unopened_days: int = Field(default=30, ge=1, description="Deactivate when unopened this long.")
     janitor_inactive_days: int = Field(default=150, ge=1, description="Deactivate when the user is idle.")
     janitor_warning_days: int = Field(default=7, ge=0, description="Warn this many days before acting.")
+    janitor_sweep_interval_seconds: float = Field(default=60.0, gt=0, description="Pause between sweeps.")
+    janitor_sweep_enabled: bool = Field(default=True, description="False: only keep the activity clocks.")
+    janitor_consume_enabled: bool = Field(
+        default=True, description="False: a sweep-only replica that consumes no events."
+    )
+    janitor_lease_seconds: float = Field(
+        default=120.0, gt=0, description="Sweep lease; renewed every batch, must outlast one batch."
+    )
+    janitor_batch_size: int = Field(default=1000, ge=1, description="Inboxes read per batch.")
+    janitor_purge_batch_size: int = Field(default=500, ge=1, description="Documents deleted per batch.")
+    janitor_purge_collections: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PURGE),
+        description="Collections holding an inbox's stored data, keyed by tenant_id + inbox_id.",
+    )
+    janitor_incremental: bool = Field(
+        default=False,
+        description=(
+            "Sweep only what the hourly schedule lists as due (O(due) reads by `_id`). Worth it on MongoDB;"
+            " on FerretDB v1 every `_id` lookup scans the table, so one pass over all inboxes is faster."
+        ),
+    )
+    janitor_instance_id: str | None = Field(default=None, description="Lease owner; default host:pid.")

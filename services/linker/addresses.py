@@ -7,6 +7,7 @@ case-sensitive in theory, but no provider mailsync serves treats it so, and CRMs
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
 
 
@@ -14,8 +15,27 @@ class InvalidAddress(ValueError):
     pass
 
 
+# A bare ASCII address (what header parsers hand over almost always): no display name, comment,
+# quoting or Unicode, so lower-casing is the whole normalisation. Anything else takes the full path.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9-]{1,63}"
+_PLAIN = re.compile(rf"\s*({_ATOM}(?:\.{_ATOM})*)@({_LABEL}(?:\.{_LABEL})*)\.?\s*")
+
+
 def normalize(raw: str, *, strip_plus: bool = False) -> str:
     """`' "Ann" <Ann+crm@Bücher.example> '` → `ann+crm@xn--bcher-kva.example` (`ann@…` with strip_plus)."""
+    m = _PLAIN.fullmatch(raw)
+    if m is not None:
+        local = m.group(1).lower()
+        if strip_plus and "+" in local:
+            local = local.split("+", 1)[0]
+        if local:
+            return f"{local}@{m.group(2).lower()}"
+    return normalize_full(raw, strip_plus=strip_plus)
+
+
+def normalize_full(raw: str, *, strip_plus: bool = False) -> str:
+    """The general path: display names, comments, quoting, Unicode local parts and IDN domains."""
     _, addr = parseaddr(raw.strip())
     addr = addr.strip().strip("<>").strip()
     local, sep, domain = addr.rpartition("@")

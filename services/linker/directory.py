@@ -7,6 +7,7 @@ Older revisions of a record are ignored, so out-of-order or duplicate CRM events
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -19,6 +20,24 @@ from .addresses import normalize_all
 
 RECORDS = "crm_records"
 ADDRESSES = "crm_addresses"
+
+
+@dataclass(frozen=True)
+class AddressChange:
+    """Addresses whose matches changed when a record changed: the history to relink."""
+
+    tenant_id: str
+    record_id: str
+    emails: frozenset[str]
+    cause: str
+
+
+def _cause(added: set[str], removed: set[str], deleted: bool) -> str:
+    if deleted:
+        return "record.deleted"
+    if added and removed:
+        return "record.address_changed"
+    return "record.address_added" if added else "record.address_removed"
 
 
 def record_key(tenant_id: str, record_id: str) -> str:
@@ -37,23 +56,54 @@ class Directory:
     async def ensure_indexes(self) -> None:
         await self._db[ADDRESSES].create_index([("tenant_id", 1), ("email", 1)], unique=True)
 
-    async def apply(self, event: Envelope[Any]) -> None:
+    async def apply(self, event: Envelope[Any]) -> AddressChange | None:
+        """Apply a CRM record event; returns the addresses whose history must be relinked.
+
+        The change is also kept on the record (`relink_pending`) until `relinked` is called, so a crash
+        between this write and the relinking is repaired when the event is redelivered.
+        """
         if isinstance(event, CrmRecordUpserted):
-            await self.upsert(event)
-        elif isinstance(event, CrmRecordDeleted):
-            await self.delete(event)
+            return await self.upsert(event)
+        if isinstance(event, CrmRecordDeleted):
+            return await self.delete(event)
+        return None
+
+    async def relinked(self, change: AddressChange) -> None:
+        key = record_key(change.tenant_id, change.record_id)
+        await self._db[RECORDS].update_one({"_id": key}, {"$set": {"relink_pending": []}})
+
+    @staticmethod
+    def _change(
+        tenant: str,
+        record_id: str,
+        stored: Document | None,
+        added: set[str],
+        removed: set[str],
+        *,
+        deleted: bool,
+    ) -> AddressChange | None:
+        pending = set(stored.get("relink_pending") or []) if stored else set()
+        emails = added | removed | pending
+        if not emails:
+            return None
+        if added or removed:
+            cause = _cause(added, removed, deleted)
+        else:  # a redelivery after a crash: finish the relinking the first delivery started
+            cause = (stored or {}).get("relink_cause") or "record.upserted"
+        return AddressChange(tenant, record_id, frozenset(emails), cause)
 
     async def _stored(self, key: str) -> Document | None:
         return await self._db[RECORDS].find_one({"_id": key})
 
-    async def upsert(self, event: CrmRecordUpserted) -> None:
+    async def upsert(self, event: CrmRecordUpserted) -> AddressChange | None:
         d, tenant = event.data, event.tenant_id
         key = record_key(tenant, d.record_id)
         stored = await self._stored(key)
         if stored is not None and stored["revision"] > d.revision:
-            return  # a newer revision is already applied
+            return None  # a newer revision is already applied
         emails, invalid = normalize_all([d.primary_email, *d.secondary_emails], strip_plus=self._strip_plus)
         old = set(stored["emails"]) if stored and not stored.get("deleted") else set()
+        change = self._change(tenant, d.record_id, stored, emails - old, old - emails, deleted=False)
         await self._reindex(tenant, d.record_id, add=emails - old, remove=old - emails)
         await self._db[RECORDS].replace_one(
             {"_id": key},
@@ -69,17 +119,21 @@ class Directory:
                 "emails": sorted(emails),
                 "invalid_emails": invalid,
                 "deleted": False,
+                "relink_pending": sorted(change.emails) if change else [],
+                "relink_cause": change.cause if change else None,
             },
             upsert=True,
         )
+        return change
 
-    async def delete(self, event: CrmRecordDeleted) -> None:
+    async def delete(self, event: CrmRecordDeleted) -> AddressChange | None:
         d, tenant = event.data, event.tenant_id
         key = record_key(tenant, d.record_id)
         stored = await self._stored(key)
         if stored is not None and stored["revision"] > d.revision:
-            return
+            return None
         old = set(stored["emails"]) if stored and not stored.get("deleted") else set()
+        change = self._change(tenant, d.record_id, stored, set(), old, deleted=True)
         await self._reindex(tenant, d.record_id, add=set(), remove=old)
         # A tombstone keeps the revision so a late, older upsert cannot resurrect the record.
         await self._db[RECORDS].replace_one(
@@ -92,9 +146,12 @@ class Directory:
                 "revision": d.revision,
                 "emails": [],
                 "deleted": True,
+                "relink_pending": sorted(change.emails) if change else [],
+                "relink_cause": change.cause if change else None,
             },
             upsert=True,
         )
+        return change
 
     async def _reindex(self, tenant: str, record_id: str, *, add: set[str], remove: set[str]) -> None:
         col = self._db[ADDRESSES]

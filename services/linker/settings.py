@@ -12,5 +12,13 @@ class LinkerSettings(ServiceSettings):
     http_port: int = Field(default=8082, ge=0, le=65535)
     linker_strip_plus_addresses: bool = Field(
         default=False,
-        description="Match ann+x@d to ann@d (a per-tenant override comes with the linker issue).",
+        description="Index CRM addresses without their +tag (all tenants). Prefer the per-tenant setting.",
     )
+    linker_plus_addressing_tenants: str = Field(
+        default="",
+        description="Comma-separated tenant ids where a message from ann+x@d also matches a record with "
+        "ann@d (decided when matching, so changing it needs no reindex).",
+    )
+
+    def plus_addressing_tenants(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.linker_plus_addressing_tenants.split(",") if t.strip())

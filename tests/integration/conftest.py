@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -23,10 +24,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
 
 from contracts import TOPICS, Envelope, topic_of
+from mailsync.credentials import generate_key
 from mailsync.kafka import apply_topics
 from tests.stack import ROOT, LocalStack, MailLab
 
 pytestmark = pytest.mark.integration
+
+# One credential key for every service process of a test session (fetcher and sender share it).
+TEST_CREDENTIALS_KEYS = f"test:{generate_key()}"
 
 
 @pytest.fixture(scope="session")
@@ -99,12 +104,12 @@ class TopicWatcher:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batch = await self._consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    event = json.loads(record.value)
-                    self.seen.append(event)
-                    if predicate(event):
-                        return event
+            # Keep the whole batch before matching, so a later wait_for still sees the rest of it.
+            fresh = [json.loads(r.value) for records in batch.values() for r in records]
+            self.seen.extend(fresh)
+            for event in fresh:
+                if predicate(event):
+                    return event
         raise AssertionError(f"no matching event within {timeout}s; saw {[e.get('type') for e in self.seen]}")
 
 
@@ -134,6 +139,23 @@ async def watch(kafka_bootstrap: str) -> AsyncIterator[Callable[[str], Awaitable
     yield make
     for c in consumers:
         await c.stop()
+
+
+async def skip_history(bootstrap: str, group: str) -> None:
+    """Commit the current end of every registry topic for `group`, so a fresh consumer group starts at
+    the end instead of replaying the shared topics' whole history (deterministic, unlike `latest`)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    meta = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await asyncio.gather(consumer.start(), meta.start())
+    try:
+        partitions = [
+            TopicPartition(t.name, p) for t in TOPICS for p in sorted(await meta.partitions_for(t.name))
+        ]
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.commit(dict(ends))
+    finally:
+        await asyncio.gather(consumer.stop(), meta.stop())
 
 
 def _free_port() -> int:
@@ -177,8 +199,16 @@ def service(kafka_bootstrap: str, mongo_uri: str, tmp_path: Path) -> Iterator[Ca
     """Starts `python -m services.<name>` as a real process, isolated by database and consumer group."""
     started: list[ServiceProcess] = []
 
-    def start(name: str, **extra_env: str) -> ServiceProcess:
+    def start(name: str, *, history: bool | None = None, **extra_env: str) -> ServiceProcess:
+        """A fresh consumer group starts at the topics' end unless `history=True`. A caller-chosen group
+        (e.g. a restart that must resume from its committed offsets) is left as it is by default."""
         run = uuid.uuid4().hex[:8]
+        own_group = "MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX" in extra_env
+        if history is False or (history is None and not own_group):
+            prefix = extra_env.get("MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX", f"test-{run}")
+            group = f"{prefix}.{name}"
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, skip_history(kafka_bootstrap, group)).result(60)
         port = _free_port()
         database = f"test_{name}_{run}"
         env = {
@@ -188,6 +218,8 @@ def service(kafka_bootstrap: str, mongo_uri: str, tmp_path: Path) -> Iterator[Ca
             "MAILSYNC_MONGO_DATABASE": database,
             "MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX": f"test-{run}",
             "MAILSYNC_HTTP_PORT": str(port),
+            # The fetcher refuses to start without a credential key (issue #3); tests get a fresh one.
+            "MAILSYNC_CREDENTIALS_KEYS": os.environ.get("MAILSYNC_CREDENTIALS_KEYS") or TEST_CREDENTIALS_KEYS,
             **extra_env,
         }
         log_path = tmp_path / f"{name}.log"

@@ -1,0 +1,435 @@
+"""One IMAP connection over asyncio streams, read-only by construction.
+
+The session offers only what sync needs: LOGIN / AUTHENTICATE XOAUTH2, CAPABILITY, LIST, EXAMINE (never
+SELECT, so no flag changes as a side effect), UID SEARCH, UID FETCH (callers pass BODY.PEEK sections),
+NOOP, IDLE and LOGOUT. Commands run one at a time; every read has a timeout, so a dead connection is
+found instead of waited on forever. Parsing is `protocol.py`'s; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .protocol import (
+    Continuation,
+    ProtocolError,
+    Response,
+    ResponseFramer,
+    Tagged,
+    Untagged,
+    Value,
+    decode_mailbox,
+    encode_mailbox,
+    fetch_items,
+    parse_response,
+    quote,
+)
+
+Security = Literal["tls", "starttls", "plain"]
+
+# Items an IDLE wakes up for: new mail, expunges, flag changes.
+WAKE_KINDS = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
+_UNSAFE_COMMAND = re.compile(r"^(UID\s+)?(STORE|EXPUNGE|COPY|MOVE|DELETE|RENAME|SELECT|APPEND)\b", re.I)
+
+
+class ImapError(Exception):
+    """A command ended in NO or BAD. `code` is the response code (e.g. `AUTHENTICATIONFAILED`)."""
+
+    def __init__(self, command: str, status: str, text: str, code: str | None = None) -> None:
+        super().__init__(f"{command} failed: {status} {('[' + code + '] ') if code else ''}{text}".strip())
+        self.command = command
+        self.status = status
+        self.code = code
+        self.text = text
+
+
+class AuthenticationFailed(ImapError):
+    """The server refused the credentials (not a connection problem)."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed, timed out or the server said BYE."""
+
+
+@dataclass(frozen=True)
+class MailboxState:
+    """What EXAMINE reports about a folder."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None  # None: no CONDSTORE for this mailbox (NOMODSEQ or not offered)
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    flags: frozenset[str]
+    delimiter: str | None
+
+
+@dataclass
+class CommandResult:
+    tagged: Tagged
+    untagged: list[Untagged] = field(default_factory=list)
+
+
+class ImapSession:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        timeout: float = 60.0,
+        read_size: int = 256 * 1024,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._framer = ResponseFramer()
+        self._pending: deque[Response] = deque()
+        self._tag = 0
+        self.timeout = timeout
+        self._read_size = read_size
+        self.capabilities: frozenset[str] = frozenset()
+        self.selected: str | None = None
+        self.closed = False
+        self.bytes_received = 0
+        # Untagged responses that arrived outside IDLE (EXISTS/EXPUNGE/FETCH/VANISHED during a command).
+        self.unsolicited: list[Untagged] = []
+
+    # ---- connection ---------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        security: Security,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 30.0,
+    ) -> ImapSession:
+        ctx = ssl_context or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=ctx if security == "tls" else None, limit=1 << 20
+                )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        session = cls(reader, writer, timeout=connect_timeout)
+        try:
+            greeting = await session._next()
+            if not isinstance(greeting, Untagged) or greeting.kind not in ("OK", "PREAUTH"):
+                raise ConnectionLost(f"unexpected greeting from {host}:{port}")
+            if greeting.code and greeting.code.name == "CAPABILITY":
+                session.capabilities = _caps(greeting.code.args)
+            if security == "starttls":
+                await session._starttls(ctx, host)
+            if not session.capabilities:
+                await session.capability()
+        except BaseException:
+            session.abort()
+            raise
+        return session
+
+    async def _starttls(self, ctx: ssl.SSLContext, host: str) -> None:
+        if self.capabilities and "STARTTLS" not in self.capabilities:
+            await self.capability()
+        if "STARTTLS" not in self.capabilities:
+            raise ImapError("STARTTLS", "NO", "server does not offer STARTTLS")
+        await self._command("STARTTLS")
+        if self._framer.pending or self._pending:
+            raise ProtocolError("server sent data after STARTTLS before the TLS handshake")
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._writer.start_tls(ctx, server_hostname=host)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise ConnectionLost(f"TLS handshake failed: {exc or type(exc).__name__}") from None
+        self.capabilities = frozenset()  # must be asked again after TLS (RFC 3501 6.2.1)
+
+    def abort(self) -> None:
+        """Drop the connection at once (no LOGOUT)."""
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    async def logout(self) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self._command("LOGOUT")
+        self.abort()
+
+    # ---- low level ----------------------------------------------------------------------------
+
+    async def _read_more(self, wait: float) -> None:
+        try:
+            async with asyncio.timeout(wait):
+                data = await self._reader.read(self._read_size)
+        except TimeoutError:
+            raise
+        except (OSError, ssl.SSLError) as exc:
+            self.closed = True
+            raise ConnectionLost(f"connection error: {exc or type(exc).__name__}") from None
+        if not data:
+            self.closed = True
+            raise ConnectionLost("server closed the connection")
+        self.bytes_received += len(data)
+        for raw in self._framer.feed(data):
+            self._pending.append(parse_response(raw))
+
+    async def _next(self, wait: float | None = None) -> Response:
+        while not self._pending:
+            try:
+                await self._read_more(self.timeout if wait is None else wait)
+            except TimeoutError:
+                if wait is not None:
+                    raise
+                self.closed = True
+                raise ConnectionLost(f"no answer from the server within {self.timeout:.0f}s") from None
+        resp = self._pending.popleft()
+        if isinstance(resp, Untagged) and resp.kind == "BYE":
+            self.closed = True
+            raise ConnectionLost(f"server said BYE: {resp.text}")
+        return resp
+
+    def _send(self, line: bytes) -> str:
+        if self.closed:
+            raise ConnectionLost("session is closed")
+        self._tag += 1
+        tag = f"M{self._tag}"
+        self._writer.write(tag.encode() + b" " + line + b"\r\n")
+        return tag
+
+    async def _command(
+        self, line: str | bytes, *, on_untagged: Callable[[Untagged], bool] | None = None
+    ) -> CommandResult:
+        """Send one command and collect its untagged responses until its tagged completion.
+
+        `on_untagged` may consume a response (return True) so large FETCH results are not kept twice.
+        """
+        data = line.encode() if isinstance(line, str) else line
+        if _UNSAFE_COMMAND.match(data.decode("ascii", "replace")):
+            raise ValueError("the sync session never modifies the mailbox")
+        name = data.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        tag = self._send(data)
+        await self._writer.drain()
+        result_untagged: list[Untagged] = []
+        while True:
+            resp = await self._next()
+            if isinstance(resp, Tagged):
+                if resp.tag != tag:
+                    raise ProtocolError(f"completion for unknown tag {resp.tag!r}")
+                if resp.status != "OK":
+                    code = resp.code.name if resp.code else None
+                    raise ImapError(name, resp.status, resp.text, code)
+                return CommandResult(resp, result_untagged)
+            if isinstance(resp, Continuation):
+                raise ProtocolError(f"unexpected continuation during {name}")
+            if on_untagged is not None and on_untagged(resp):
+                continue
+            result_untagged.append(resp)
+
+    # ---- commands -----------------------------------------------------------------------------
+
+    async def capability(self) -> frozenset[str]:
+        res = await self._command("CAPABILITY")
+        for u in res.untagged:
+            if u.kind == "CAPABILITY":
+                self.capabilities = _caps(u.values)
+        return self.capabilities
+
+    async def login(self, username: str, password: str) -> None:
+        if "LOGINDISABLED" in self.capabilities:
+            raise AuthenticationFailed("LOGIN", "NO", "server disabled LOGIN on this connection")
+        try:
+            res = await self._command(b"LOGIN " + quote(username) + b" " + quote(password))
+        except ImapError as exc:
+            raise AuthenticationFailed("LOGIN", exc.status, exc.text, exc.code) from None
+        await self._after_auth(res)
+
+    async def authenticate_xoauth2(self, username: str, access_token: str) -> None:
+        """SASL XOAUTH2 as an initial response (Gmail, Microsoft 365)."""
+        blob = f"user={username}\x01auth=Bearer {access_token}\x01\x01".encode()
+        tag = self._send(b"AUTHENTICATE XOAUTH2 " + base64.b64encode(blob))
+        await self._writer.drain()
+        while True:
+            resp = await self._next()
+            if isinstance(resp, Continuation):
+                # The server sends an error description as a challenge; an empty reply ends the exchange.
+                self._writer.write(b"\r\n")
+                await self._writer.drain()
+                continue
+            if isinstance(resp, Tagged) and resp.tag == tag:
+                if resp.status != "OK":
+                    code = resp.code.name if resp.code else None
+                    raise AuthenticationFailed("AUTHENTICATE", resp.status, resp.text, code)
+                await self._after_auth(CommandResult(resp))
+                return
+
+    async def _after_auth(self, res: CommandResult) -> None:
+        if res.tagged.code and res.tagged.code.name == "CAPABILITY":
+            self.capabilities = _caps(res.tagged.code.args)
+        else:
+            await self.capability()
+
+    async def list_folders(self) -> list[Folder]:
+        res = await self._command('LIST "" "*"')
+        out: list[Folder] = []
+        for u in res.untagged:
+            if u.kind != "LIST" or len(u.values) < 3:
+                continue
+            flags, delim, name = u.values[0], u.values[1], u.values[2]
+            if isinstance(name, int):
+                name = str(name)
+            if not isinstance(name, (str, bytes)):
+                continue
+            text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+            out.append(
+                Folder(
+                    decode_mailbox(text),
+                    frozenset(str(f) for f in flags) if isinstance(flags, list) else frozenset(),
+                    delim.decode() if isinstance(delim, bytes) else None,
+                )
+            )
+        return out
+
+    async def examine(self, name: str) -> MailboxState:
+        """Open a folder read-only. With CONDSTORE the server reports HIGHESTMODSEQ."""
+        condstore = "CONDSTORE" in self.capabilities
+        arg = quote(encode_mailbox(name))
+        res = await self._command(b"EXAMINE " + arg + (b" (CONDSTORE)" if condstore else b""))
+        uidvalidity = uidnext = exists = 0
+        modseq: int | None = None
+        for u in res.untagged:
+            if u.kind == "EXISTS" and u.number is not None:
+                exists = u.number
+            elif u.kind == "OK" and u.code is not None:
+                if u.code.name == "UIDVALIDITY":
+                    uidvalidity = u.code.number() or 0
+                elif u.code.name == "UIDNEXT":
+                    uidnext = u.code.number() or 0
+                elif u.code.name == "HIGHESTMODSEQ":
+                    modseq = u.code.number()
+                elif u.code.name == "NOMODSEQ":
+                    modseq = None
+        if not uidvalidity:
+            raise ProtocolError(f"EXAMINE {name!r} did not report UIDVALIDITY")
+        self.selected = name
+        return MailboxState(name, uidvalidity, uidnext, exists, modseq)
+
+    async def uid_search(self, criteria: str) -> list[int]:
+        res = await self._command(f"UID SEARCH {criteria}")
+        uids: list[int] = []
+        for u in res.untagged:
+            if u.kind == "SEARCH":
+                uids.extend(v for v in u.values if isinstance(v, int))
+            else:
+                self._note(u)
+        return uids
+
+    async def uid_fetch(self, uid_set: str, items: str, modifiers: str = "") -> list[dict[str, Value]]:
+        """FETCH the given items for a (small) UID set; one dict of items per message.
+
+        Callers keep `uid_set` bounded (e.g. 500 UIDs); a message is only returned when it carries a
+        UID, which UID FETCH always includes.
+        """
+        if re.search(r"\bBODY\[", items, re.I):
+            raise ValueError("use BODY.PEEK[...] so fetching never sets \\Seen")
+        out: list[dict[str, Value]] = []
+
+        def take(u: Untagged) -> bool:
+            if u.kind == "FETCH":
+                fields = fetch_items(u)
+                if "UID" in fields:
+                    out.append(fields)
+                    return True
+            return False
+
+        mods = f" ({modifiers})" if modifiers else ""
+        res = await self._command(f"UID FETCH {uid_set} ({items}){mods}", on_untagged=take)
+        for u in res.untagged:
+            self._note(u)
+        return out
+
+    async def noop(self) -> list[Untagged]:
+        res = await self._command("NOOP")
+        return [u for u in res.untagged if u.kind in WAKE_KINDS]
+
+    async def idle(self, max_seconds: float, done_timeout: float = 30.0) -> list[Untagged]:  # noqa: PLR0912
+        """IDLE until the folder changes or `max_seconds` pass; returns what woke it.
+
+        Always ends IDLE with DONE; when the tagged answer to DONE does not come within
+        `done_timeout`, the connection is dead (a half-open TCP connection) → ConnectionLost.
+        """
+        woke: list[Untagged] = [u for u in self.unsolicited if u.kind in WAKE_KINDS]
+        self.unsolicited.clear()
+        if woke:
+            return woke
+        tag = self._send(b"IDLE")
+        await self._writer.drain()
+        while True:
+            resp = await self._next()
+            if isinstance(resp, Continuation):
+                break
+            if isinstance(resp, Tagged):
+                raise ImapError("IDLE", resp.status, resp.text, resp.code.name if resp.code else None)
+            if resp.kind in WAKE_KINDS:
+                woke.append(resp)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_seconds
+        while not woke:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                resp = await self._next(wait=remaining)
+            except TimeoutError:
+                break
+            if isinstance(resp, Untagged) and resp.kind in WAKE_KINDS:
+                woke.append(resp)
+        # Take whatever else arrived in the same read before leaving IDLE.
+        while self._pending and isinstance(self._pending[0], Untagged):
+            nxt = self._pending.popleft()
+            if isinstance(nxt, Untagged) and nxt.kind in WAKE_KINDS:
+                woke.append(nxt)
+        self._writer.write(b"DONE\r\n")
+        await self._writer.drain()
+        try:
+            async with asyncio.timeout(done_timeout):
+                while True:
+                    resp = await self._next(wait=done_timeout)
+                    if isinstance(resp, Tagged) and resp.tag == tag:
+                        break
+                    if isinstance(resp, Untagged) and resp.kind in WAKE_KINDS:
+                        woke.append(resp)
+        except TimeoutError:
+            self.abort()
+            raise ConnectionLost(
+                f"no answer to DONE within {done_timeout:.0f}s: connection is dead"
+            ) from None
+        return woke
+
+    def _note(self, u: Untagged) -> None:
+        if u.kind in WAKE_KINDS:
+            self.unsolicited.append(u)
+
+
+def _caps(values: list[Value]) -> frozenset[str]:
+    return frozenset(str(v).upper() for v in values if isinstance(v, (str, int)))

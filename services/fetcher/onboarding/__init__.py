@@ -1,0 +1,1 @@
+"""Inbox onboarding: presets, autodiscovery, connection test, the admin API and CLI, key rotation."""

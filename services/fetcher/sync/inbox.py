@@ -1,0 +1,479 @@
+"""One inbox kept in sync: login, folder choice, one worker per folder, IDLE or polling, reconnects.
+
+Each folder worker owns one connection. INBOX and the Sent folder IDLE (restarted every
+`idle_restart_seconds`, well before RFC 9051's 29 minutes, which also proves the connection alive);
+other folders, and servers without IDLE, are polled no more often than the provider's floor. Any
+connection error → jittered exponential backoff capped at `backoff_cap_seconds`, then a fresh
+connection; the folder's cursor makes the next pass catch up. Authentication failures back off too
+and stop after `auth_failure_limit` attempts with an `auth failed` event, instead of hammering the
+server into locking the account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pymongo.asynchronous.database import AsyncDatabase
+
+from contracts.common import ErrorInfo
+from contracts.inbox import (
+    InboxAuthFailed,
+    InboxConnectFailed,
+    InboxFailureData,
+    InboxThrottled,
+    InboxThrottledData,
+    InitialSyncCompleted,
+    InitialSyncCompletedData,
+)
+from mailsync import metrics
+from mailsync.credentials import Keyring
+from mailsync.inbox_record import InboxRecord, OAuth2Auth, PasswordAuth
+from mailsync.logs import scrub
+from mailsync.oauth2 import OAuth2Error, ensure_access_token
+from services.fetcher.imap.backoff import Backoff
+from services.fetcher.imap.protocol import ProtocolError
+from services.fetcher.imap.session import AuthenticationFailed, ConnectionLost, Folder, ImapError, ImapSession
+
+from .budget import GMAIL_DAILY_BYTES, DownloadBudget, daily_limit
+from .folder import FolderSync, Publisher, SyncTuning
+from .messages import FolderContext
+
+log = logging.getLogger("mailsync.fetcher.sync")
+SYNC_STATE = "sync_state"
+INBOXES = "inboxes"
+GMAIL_FLOOR_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    fetch_chunk: int = 500
+    idle_restart_seconds: float = 300.0
+    poll_interval_seconds: float = 300.0
+    reconcile_interval_seconds: float = 3600.0
+    connect_timeout_seconds: float = 30.0
+    command_timeout_seconds: float = 120.0
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 600.0
+    auth_failure_limit: int = 5
+    tls_verify: bool = True
+    tls_cafile: str | None = None
+    bodies: bool = True
+    body_max_bytes: int = 25 * 1024 * 1024
+    daily_download_mb: int | None = None  # None: the provider's known limit (Gmail 2,500 MB), else none
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end every folder worker."""
+
+
+@dataclass
+class _Shared:
+    budget: DownloadBudget = field(default_factory=lambda: DownloadBudget(None))
+    folders_pending: set[str] = field(default_factory=set)
+    auth_failures: int = 0
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def is_gmail(caps: frozenset[str]) -> bool:
+    return "X-GM-EXT-1" in caps
+
+
+def choose_folders(
+    record: InboxRecord, folders: list[Folder], caps: frozenset[str]
+) -> list[tuple[str, bool]]:
+    """(folder, is_sent) pairs to sync: configured ones, else INBOX + Sent, or Gmail's All Mail."""
+    by_name = {f.name: f for f in folders}
+    sent = next((f.name for f in folders if "\\Sent" in f.flags), None)
+    if sent is None:
+        sent = next((n for n in ("Sent", "Sent Items", "Sent Messages", "INBOX.Sent") if n in by_name), None)
+    if record.sync.folders:
+        return [(n, n == sent) for n in record.sync.folders if n in by_name or n.upper() == "INBOX"]
+    if is_gmail(caps):
+        all_mail = next((f.name for f in folders if "\\All" in f.flags), None)
+        if all_mail:
+            return [(all_mail, False)]
+    chosen = [("INBOX", False)]
+    if sent:
+        chosen.append((sent, True))
+    return chosen
+
+
+class InboxSync:
+    def __init__(
+        self,
+        record: InboxRecord,
+        *,
+        db: AsyncDatabase[dict[str, Any]],
+        publisher: Publisher,
+        keyring: Keyring | None,
+        config: SyncConfig,
+        source: str,
+        http: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.record = record
+        self._db = db
+        self._publisher = publisher
+        self._keyring = keyring
+        self._config = config
+        self._source = source
+        self._http = http
+        self._sleep = sleep
+        self._shared = _Shared()
+
+    # ---- connecting -----------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self._config.tls_cafile)
+        if not self._config.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def _open(self) -> ImapSession:
+        r = self.record
+        session = await ImapSession.connect(
+            r.imap.host,
+            r.imap.port,
+            r.imap.security,
+            ssl_context=self._ssl_context(),
+            connect_timeout=self._config.connect_timeout_seconds,
+        )
+        session.timeout = self._config.command_timeout_seconds
+        try:
+            await self._authenticate(session)
+        except BaseException:
+            session.abort()
+            raise
+        metrics.IMAP_CONNECTIONS.inc()
+        return session
+
+    async def _authenticate(self, session: ImapSession) -> None:
+        auth = self.record.imap_auth
+        if self._keyring is None:
+            raise AuthenticationFailed(
+                "LOGIN", "NO", "no credential key configured (MAILSYNC_CREDENTIALS_KEYS)"
+            )
+        if isinstance(auth, PasswordAuth):
+            password = self._keyring.decrypt(auth.password, self.record.secret_owner("imap_auth.password"))
+            await session.login(auth.username, password)
+            return
+        assert isinstance(auth, OAuth2Auth)
+        client = self._http or httpx.AsyncClient(timeout=30)
+        try:
+            token = await ensure_access_token(self.record, self._keyring, client)
+        except OAuth2Error as exc:
+            raise AuthenticationFailed("AUTHENTICATE", "NO", str(exc), exc.code) from None
+        finally:
+            if self._http is None:
+                await client.aclose()
+        if token.update:
+            await self._db[INBOXES].update_one({"_id": self.record.id}, {"$set": token.update})
+        await session.authenticate_xoauth2(token.username, token.token)
+
+    async def _close(self, session: ImapSession | None) -> None:
+        if session is None:
+            return
+        if not session.closed:
+            await session.logout()
+        metrics.IMAP_CONNECTIONS.dec()
+
+    # ---- supervision ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sync until cancelled, or until authentication keeps failing."""
+        backoff = self._backoff()
+        while True:
+            session: ImapSession | None = None
+            try:
+                session = await self._open()
+                folders = await session.list_folders()
+                caps = session.capabilities
+            except AuthenticationFailed as exc:
+                if await self._auth_failed(exc, backoff):
+                    return
+                continue
+            except (ConnectionLost, ProtocolError, ImapError, OSError) as exc:
+                await self._connect_failed(exc, backoff)
+                continue
+            finally:
+                await self._close(session)
+            break
+        self._shared.auth_failures = 0
+        chosen = choose_folders(self.record, folders, caps)
+        self._shared.budget.limit = daily_limit(
+            self.record.provider, is_gmail(caps), self._config.daily_download_mb
+        )
+        tuning = SyncTuning(
+            fetch_chunk=self._config.fetch_chunk,
+            backfill_days=self.record.sync.backfill_days,
+            gmail=is_gmail(caps),
+            bodies=self._config.bodies,
+            body_max_bytes=self._config.body_max_bytes,
+        )
+        syncs = [
+            (self._folder_sync(name, is_sent, tuning), name == "INBOX" or is_sent) for name, is_sent in chosen
+        ]
+        state = await self._run_state()
+        for fs, _ in syncs:
+            if not await fs.initial_done():
+                self._shared.folders_pending.add(fs.ctx.folder)
+        if state.get("initial_completed"):
+            self._shared.folders_pending.clear()
+        floor = GMAIL_FLOOR_SECONDS if tuning.gmail else 0.0
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for fs, idle in syncs:
+                    tg.create_task(self._folder_loop(fs, idle=idle, poll_floor=floor, state=state))
+                tg.create_task(self._stop_watch())
+        except* _Stop:
+            log.warning(
+                "sync stopped: authentication keeps failing", extra={"inbox_id": self.record.inbox_id}
+            )
+
+    async def _stop_watch(self) -> None:
+        await self._shared.stopped.wait()
+        raise _Stop  # ends the task group: authentication failed for good
+
+    def _backoff(self) -> Backoff:
+        return Backoff(base=self._config.backoff_base_seconds, cap=self._config.backoff_cap_seconds)
+
+    def _folder_sync(self, folder: str, is_sent: bool, tuning: SyncTuning) -> FolderSync:
+        r = self.record
+        own = {r.email.lower(), *(a.lower() for a in r.additional_from)}
+        ctx = FolderContext(
+            tenant_id=r.tenant_id,
+            inbox_id=r.inbox_id,
+            folder=folder,
+            uidvalidity=0,
+            source=self._source,
+            own_addresses=frozenset(own),
+            is_sent=is_sent,
+            sharing=r.sharing,
+        )
+        return FolderSync(ctx, db=self._db, publisher=self._publisher, tuning=tuning)
+
+    async def _run_state(self) -> dict[str, Any]:
+        """The inbox's initial-sync run (id and start), created once and kept across restarts."""
+        col = self._db[SYNC_STATE]
+        doc = await col.find_one({"_id": self.record.id})
+        if doc is None:
+            doc = {
+                "_id": self.record.id,
+                "tenant_id": self.record.tenant_id,
+                "inbox_id": self.record.inbox_id,
+                "initial_run_id": str(uuid.uuid4()),
+                "initial_started_at": datetime.now(UTC),
+                "initial_completed": False,
+            }
+            await col.update_one({"_id": self.record.id}, {"$setOnInsert": doc}, upsert=True)
+            doc = await col.find_one({"_id": self.record.id}) or doc
+        return doc
+
+    async def _folder_loop(  # noqa: PLR0912
+        self, fs: FolderSync, *, idle: bool, poll_floor: float, state: dict[str, Any]
+    ) -> None:
+        backoff = self._backoff()
+        last_reconcile = asyncio.get_running_loop().time()
+        while True:
+            session: ImapSession | None = None
+            try:
+                session = await self._open()
+                self._shared.auth_failures = 0
+                while True:
+                    now = asyncio.get_running_loop().time()
+                    reconcile = now - last_reconcile >= self._config.reconcile_interval_seconds
+                    counted = session.bytes_received
+                    result = await fs.run_pass(session, reconcile=reconcile)
+                    self._shared.budget.add(session.bytes_received - counted, datetime.now(UTC))
+                    await self._within_budget(session)
+                    if reconcile:
+                        last_reconcile = now
+                    if result.repaired:
+                        metrics.ERRORS.labels(code="sync.reconcile_repair").inc(result.repaired)
+                    if result.received:
+                        phase = "initial" if result.initial_completed_now else "incremental"
+                        metrics.SYNC_MESSAGES.labels(phase=phase).inc(result.received)
+                    backoff.reset()
+                    if result.initial_completed_now or fs.ctx.folder in self._shared.folders_pending:
+                        await self._folder_initial_done(fs.ctx.folder, state)
+                    if result.more:
+                        continue  # body backlog left: next slice at once (new mail is checked first)
+                    if idle and "IDLE" in session.capabilities:
+                        await session.idle(self._config.idle_restart_seconds)
+                    else:
+                        await self._sleep(max(self._config.poll_interval_seconds, poll_floor))
+            except AuthenticationFailed as exc:
+                if await self._auth_failed(exc, backoff):
+                    self._shared.stopped.set()
+                    return
+            except (ConnectionLost, ProtocolError, ImapError, OSError) as exc:
+                await self._connect_failed(exc, backoff, folder=fs.ctx.folder)
+            finally:
+                await self._close(session)
+
+    async def _within_budget(self, session: ImapSession) -> None:
+        """Over the daily download budget: announce `throttled` (once a day) and wait for the next day."""
+        resume_at = self._shared.budget.resume_at(datetime.now(UTC))
+        if resume_at is None:
+            return
+        data = InboxThrottledData(
+            attempt_id=f"download:{self._shared.budget.day}",
+            limit="gmail.download_per_day"
+            if self._shared.budget.limit == GMAIL_DAILY_BYTES
+            else "download_per_day",
+            resume_at=resume_at,
+        )
+        with contextlib.suppress(Exception):
+            await self._publisher.publish_all(
+                [
+                    InboxThrottled.build(
+                        data=data,
+                        tenant_id=self.record.tenant_id,
+                        inbox_id=self.record.inbox_id,
+                        source=self._source,
+                    )
+                ]
+            )
+        log.warning(
+            "daily download budget used up",
+            extra={"inbox_id": self.record.inbox_id, "resume_at": resume_at.isoformat()},
+        )
+        await session.logout()  # hold no connection while waiting
+        await self._sleep(max(1.0, (resume_at - datetime.now(UTC)).total_seconds()))
+        raise ConnectionLost("resuming after the download budget pause")
+
+    async def _folder_initial_done(self, folder: str, state: dict[str, Any]) -> None:
+        pending = self._shared.folders_pending
+        if folder not in pending:
+            return
+        pending.discard(folder)
+        if pending or state.get("initial_completed"):
+            return
+        cursors = [
+            c
+            async for c in self._db["sync_cursors"].find(
+                {"tenant_id": self.record.tenant_id, "inbox_id": self.record.inbox_id}
+            )
+        ]
+        started = state["initial_started_at"]
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        data = InitialSyncCompletedData(
+            sync_run_id=state["initial_run_id"],
+            messages=sum(int(c.get("initial_done_count", 0)) for c in cursors),
+            folders=sorted(c["folder"] for c in cursors),
+            backfill_days=self.record.sync.backfill_days,
+            duration_seconds=max(0.0, (datetime.now(UTC) - started).total_seconds()),
+        )
+        event = InitialSyncCompleted.build(
+            data=data, tenant_id=self.record.tenant_id, inbox_id=self.record.inbox_id, source=self._source
+        )
+        await self._publisher.publish_all([event])
+        state["initial_completed"] = True
+        await self._db[SYNC_STATE].update_one({"_id": self.record.id}, {"$set": {"initial_completed": True}})
+        # The registry status is left to its owner (inbox commands): FerretDB updates are whole-document
+        # writes, so an `idle` written here could overwrite a `paused` set at the same moment.
+        log.info(
+            "initial sync completed", extra={"inbox_id": self.record.inbox_id, "messages": data.messages}
+        )
+
+    # ---- failures -------------------------------------------------------------------------------
+
+    def _failure(
+        self, code: str, message: str, field: str | None, hint: str | None, retry_at: datetime | None
+    ) -> InboxFailureData:
+        return InboxFailureData(
+            attempt_id=f"{uuid.uuid4()}",
+            protocol="imap",
+            error=ErrorInfo(code=code, message=scrub(message)[:500], field=field, hint=hint),
+            retry_at=retry_at,
+        )
+
+    async def _auth_failed(self, exc: AuthenticationFailed, backoff: Backoff) -> bool:
+        """Emit `auth failed`; True when the limit is reached and syncing must stop."""
+        shared = self._shared
+        shared.auth_failures += 1
+        final = shared.auth_failures >= self._config.auth_failure_limit
+        delay = backoff.next_delay()
+        retry_at = None if final else datetime.now(UTC) + timedelta(seconds=delay)
+        data = self._failure(
+            "auth.invalid_credentials",
+            f"IMAP login refused: {exc.text}"[:300],
+            "imap.password" if isinstance(self.record.imap_auth, PasswordAuth) else "imap.oauth",
+            "check the password or use an app password; reconnect the inbox after fixing it",
+            retry_at,
+        )
+        with contextlib.suppress(Exception):
+            await self._publisher.publish_all(
+                [
+                    InboxAuthFailed.build(
+                        data=data,
+                        tenant_id=self.record.tenant_id,
+                        inbox_id=self.record.inbox_id,
+                        source=self._source,
+                    )
+                ]
+            )
+        metrics.ERRORS.labels(code="auth.invalid_credentials").inc()
+        log.warning(
+            "imap authentication failed",
+            extra={"inbox_id": self.record.inbox_id, "failures": shared.auth_failures, "final": final},
+        )
+        if final:
+            await self._db[INBOXES].update_one(
+                {"_id": self.record.id, "status": {"$nin": ["paused", "deactivated", "removed"]}},
+                {
+                    "$set": {
+                        "status": "auth_failed",
+                        "status_reason": "imap login refused",
+                        "status_changed_at": datetime.now(UTC),
+                    }
+                },
+            )
+            return True
+        await self._sleep(delay)
+        return False
+
+    async def _connect_failed(self, exc: BaseException, backoff: Backoff, folder: str | None = None) -> None:
+        delay = backoff.next_delay()
+        log.warning(
+            "imap connection problem, reconnecting",
+            extra={
+                "inbox_id": self.record.inbox_id,
+                "folder": folder,
+                "error": scrub(str(exc))[:300],
+                "retry_in": round(delay, 1),
+            },
+        )
+        metrics.ERRORS.labels(code="imap.connection").inc()
+        # Only a failure that repeats is worth an event; a single reconnect is routine.
+        if backoff.failures >= 3:
+            data = self._failure(
+                "imap.unreachable",
+                f"IMAP connection failed: {exc}"[:300],
+                "imap.host",
+                "check the server address and port",
+                datetime.now(UTC) + timedelta(seconds=delay),
+            )
+            with contextlib.suppress(Exception):
+                await self._publisher.publish_all(
+                    [
+                        InboxConnectFailed.build(
+                            data=data,
+                            tenant_id=self.record.tenant_id,
+                            inbox_id=self.record.inbox_id,
+                            source=self._source,
+                        )
+                    ]
+                )
+        await self._sleep(delay)

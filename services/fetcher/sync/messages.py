@@ -1,0 +1,326 @@
+"""What a fetched message becomes: its stable key, its `message received` event and its stored document.
+
+Pure functions over the FETCH items of one message (no I/O). Headers are parsed with the cheap
+`compat32` header parser; RFC 2047 words are decoded only for the fields events carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any, Literal
+
+from contracts.common import Address, MessageRef
+from contracts.messages import MessageReceived, MessageReceivedData
+from services.fetcher.imap.protocol import Value
+
+_PARSER = BytesHeaderParser(policy=compat32)
+# Flags that describe this session, not the message.
+_SESSION_FLAGS = frozenset({"\\Recent"})
+
+HEADER_ITEMS = "UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER]"
+GMAIL_ITEMS = " X-GM-MSGID X-GM-THRID X-GM-LABELS"
+
+
+@dataclass(frozen=True)
+class FolderContext:
+    """Everything about the inbox and folder that shapes a message's event."""
+
+    tenant_id: str
+    inbox_id: str
+    folder: str
+    uidvalidity: int
+    source: str
+    own_addresses: frozenset[str]
+    is_sent: bool = False
+    sharing: Literal["private", "metadata", "subject", "full"] = "private"
+
+    def doc_id(self, message_key: str) -> str:
+        return f"{self.tenant_id}:{self.inbox_id}:{self.folder}:{message_key}"
+
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+
+
+def parse_internaldate(text: str) -> datetime | None:
+    """`22-Nov-2026 02:59:55 +0000` (day may be space-padded) → aware UTC datetime; None if malformed."""
+    try:
+        date, clock, zone = text.strip().split(" ")
+        day, mon, year = date.split("-")
+        hh, mm, ss = clock.split(":")
+        sign = -1 if zone[0] == "-" else 1
+        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5])) * sign
+        dt = datetime(int(year), _MONTHS[mon.title()], int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
+    except (ValueError, KeyError, IndexError):
+        return None
+    return dt - offset
+
+
+class FetchedMessage:
+    """Typed view of one FETCH response's items (`UID`, `FLAGS`, `BODY[HEADER]`, ...)."""
+
+    __slots__ = ("_by_name", "_headers", "_internal", "items")
+
+    def __init__(self, items: dict[str, Value]) -> None:
+        self.items = items
+        self._headers: Message | None = None
+        self._by_name: dict[str, list[str]] | None = None
+        self._internal: datetime | bool | None = False
+
+    @property
+    def uid(self) -> int:
+        uid = self.items.get("UID")
+        if not isinstance(uid, int):
+            raise ValueError("FETCH response without a numeric UID")
+        return uid
+
+    @property
+    def flags(self) -> list[str]:
+        raw = self.items.get("FLAGS")
+        if not isinstance(raw, list):
+            return []
+        return sorted(str(f) for f in raw if isinstance(f, str) and f not in _SESSION_FLAGS)
+
+    @property
+    def size(self) -> int:
+        size = self.items.get("RFC822.SIZE")
+        return size if isinstance(size, int) else 0
+
+    @property
+    def modseq(self) -> int:
+        m = self.items.get("MODSEQ")
+        if isinstance(m, list) and m and isinstance(m[0], int):
+            return m[0]
+        return 0
+
+    @property
+    def internal_date(self) -> datetime | None:
+        if self._internal is False:
+            raw = self.items.get("INTERNALDATE")
+            if isinstance(raw, (bytes, str)):
+                text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+                self._internal = parse_internaldate(text)
+            else:
+                self._internal = None
+        assert not isinstance(self._internal, bool)
+        return self._internal
+
+    @property
+    def gmail_msgid(self) -> str | None:
+        v = self.items.get("X-GM-MSGID")
+        return str(v) if isinstance(v, int) else None
+
+    @property
+    def gmail_thrid(self) -> str | None:
+        v = self.items.get("X-GM-THRID")
+        return str(v) if isinstance(v, int) else None
+
+    @property
+    def gmail_labels(self) -> list[str]:
+        v = self.items.get("X-GM-LABELS")
+        if not isinstance(v, list):
+            return []
+        return sorted(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in v)
+
+    @property
+    def header_bytes(self) -> bytes:
+        raw = self.items.get("BODY[HEADER]")
+        return raw if isinstance(raw, bytes) else b""
+
+    @property
+    def headers(self) -> Message:
+        if self._headers is None:
+            self._headers = _PARSER.parsebytes(self.header_bytes)
+        return self._headers
+
+    def _index(self) -> dict[str, list[str]]:
+        if self._by_name is None:
+            index: dict[str, list[str]] = {}
+            for name, value in self.headers.items():
+                index.setdefault(name.lower(), []).append(str(value))
+            self._by_name = index
+        return self._by_name
+
+    def header(self, name: str) -> str | None:
+        values = self._index().get(name.lower())
+        return values[0] if values else None
+
+    def header_all(self, name: str) -> list[str]:
+        return self._index().get(name.lower(), [])
+
+
+def decode_words(value: str | None) -> str | None:
+    """RFC 2047 decoding that never raises; unknown charsets fall back to the raw text."""
+    if value is None:
+        return None
+    if "=?" not in value:
+        return " ".join(value.split())
+    try:
+        return " ".join(str(make_header(decode_header(value))).split())
+    except (LookupError, ValueError, UnicodeError):
+        return " ".join(value.split())
+
+
+def addresses(msg: FetchedMessage, name: str) -> list[Address]:
+    values = msg.header_all(name)
+    if not values:
+        return []
+    out: list[Address] = []
+    for display, email in getaddresses(values):
+        if not email:
+            continue
+        out.append(Address(name=decode_words(display) or None, email=email[:320]))
+    return out
+
+
+def message_ids(value: str | None) -> list[str]:
+    """`<a@b> <c@d>` → ['a@b', 'c@d']; tolerant of missing brackets."""
+    if not value:
+        return []
+    found = [p.strip("<> \t\r\n") for p in value.replace(",", " ").split()]
+    return [f for f in found if "@" in f or f]
+
+
+def parse_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def message_key(msg: FetchedMessage) -> str:
+    """The message's key, stable across folders, UIDVALIDITY resets and resyncs.
+
+    Gmail's X-GM-MSGID where offered; else the Message-ID plus a hash of content that does not change
+    between copies (Date, From, Subject, size), so two different mails reusing one Message-ID stay
+    apart; mail without a Message-ID gets a key from that content hash alone (kept, not dropped).
+    """
+    gm = msg.gmail_msgid
+    if gm:
+        return f"gm:{gm}"
+    mid = (msg.header("Message-ID") or "").strip()
+    content = "\x1f".join(
+        [mid, msg.header("Date") or "", msg.header("From") or "", msg.header("Subject") or "", str(msg.size)]
+    )
+    digest = hashlib.sha256(content.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"m:{digest}" if mid else f"h:{digest}"
+
+
+# Headers events carry so subscribers can tell auto-replies, lists and bounces apart.
+SELECTED_HEADERS = (
+    "precedence",
+    "x-autoreply",
+    "x-autorespond",
+    "x-failed-recipients",
+    "list-id",
+    "return-path",
+)
+
+
+def selected_headers(msg: FetchedMessage) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in SELECTED_HEADERS:
+        value = msg.header(name)
+        if value is not None:
+            out[name] = " ".join(value.split())[:998]
+    return out
+
+
+def direction(ctx: FolderContext, sender: list[Address]) -> Literal["inbound", "outbound"]:
+    if ctx.is_sent:
+        return "outbound"
+    if any(a.email.lower() in ctx.own_addresses for a in sender):
+        return "outbound"
+    return "inbound"
+
+
+def received_event(
+    ctx: FolderContext, msg: FetchedMessage, *, history: bool, key: str | None = None
+) -> MessageReceived:
+    h = msg
+    key = key or message_key(msg)
+    sender = addresses(h, "From")
+    mid_list = message_ids(msg.header("Message-ID"))
+    subject = None if ctx.sharing == "metadata" else decode_words(msg.header("Subject"))
+    raw_ctype = msg.header("Content-Type") or ""
+    ctype = raw_ctype.lower()
+    data = MessageReceivedData(
+        ref=MessageRef(message_key=key, folder=ctx.folder, uidvalidity=ctx.uidvalidity, uid=msg.uid),
+        history=history,
+        direction=direction(ctx, sender),
+        message_id=mid_list[0] if mid_list else None,
+        in_reply_to=message_ids(msg.header("In-Reply-To")),
+        references=message_ids(msg.header("References")),
+        subject=subject,
+        from_=sender,
+        sender=next(iter(addresses(h, "Sender")), None),
+        to=addresses(h, "To"),
+        cc=addresses(h, "Cc"),
+        bcc=addresses(h, "Bcc"),
+        reply_to=addresses(h, "Reply-To"),
+        date=parse_date(msg.header("Date")),
+        internal_date=msg.internal_date,
+        size=msg.size,
+        flags=msg.flags,
+        gmail_labels=msg.gmail_labels,
+        gmail_thread_id=msg.gmail_thrid,
+        auto_submitted=msg.header("Auto-Submitted"),
+        mailsync_send_id=msg.header("X-Mailsync-Send-Id"),
+        # From headers alone: a multipart/mixed message almost always carries attachments.
+        has_attachments=ctype.startswith("multipart/mixed"),
+        body_stored=False,
+        content_type=" ".join(raw_ctype.split()) or None,
+        headers=selected_headers(msg),
+    )
+    return MessageReceived.build(
+        data=data,
+        tenant_id=ctx.tenant_id,
+        inbox_id=ctx.inbox_id,
+        source=ctx.source,
+        subject=key,
+        time=msg.internal_date or data.date,
+    )
+
+
+def message_document(ctx: FolderContext, event: MessageReceived, modseq: int) -> dict[str, Any]:
+    """The stored document of a message (collection `messages`), keyed by inbox, folder and key."""
+    d = event.data
+    return {
+        "_id": ctx.doc_id(d.ref.message_key),
+        "tenant_id": ctx.tenant_id,
+        "inbox_id": ctx.inbox_id,
+        "folder": ctx.folder,
+        "message_key": d.ref.message_key,
+        "uidvalidity": d.ref.uidvalidity,
+        "uid": d.ref.uid,
+        "modseq": modseq,
+        "flags": d.flags,
+        "gmail_labels": d.gmail_labels,
+        "size": d.size,
+        "message_id": d.message_id,
+        "subject": d.subject,
+        "from": [a.model_dump() for a in d.from_],
+        "date": d.date,
+        "internal_date": d.internal_date,
+        "direction": d.direction,
+        "history": d.history,
+        "body_stored": False,
+        "deleted": False,
+        "received_event_id": event.id,
+    }

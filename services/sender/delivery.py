@@ -1,0 +1,856 @@
+"""The delivery loop: queued send requests → SMTP → `message sent` → Sent-folder copy.
+
+State lives in three collections:
+- `send_requests` (the outbox intake, one per idempotency key; the command as accepted),
+- `send_queue` (one document per request still being worked on: status, attempts, lease, copy state),
+- `send_outcomes` (the final state, written once when the queue document is done and deleted).
+The queue stays small, which matters on FerretDB v1, where every update or delete scans its collection.
+
+Exactly once in effect: the intent (`status: sending`, attempts+1) is stored before SMTP starts, the
+outcome right after SMTP answered. A queue document found in `sending` whose lease expired belongs to a
+process that died in between: its Sent folder is searched for our Message-ID before any resend. Every
+write carries the claim token, so a process that lost its claim stops instead of sending twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from contracts import Envelope
+from contracts.common import ErrorInfo
+from contracts.sending import (
+    MessageSent,
+    MessageSentData,
+    SendDeadLettered,
+    SendDeadLetteredData,
+    SendFailed,
+    SendFailedData,
+    SendRequestedData,
+    SentCopyFailed,
+    SentCopyFailedData,
+    SentCopyStored,
+    SentCopyStoredData,
+)
+from mailsync.credentials import CredentialKeyError, DecryptionError, Keyring
+from mailsync.inbox_record import InboxRecord
+from mailsync.kafka import EventPublisher
+from mailsync.oauth2 import OAuth2Error
+from mailsync.store import Document
+
+from . import limits
+from .admission import admit
+from .attachments import AttachmentUnavailable, resolve
+from .batching import GroupCommit
+from .compose import ComposeError, ReplyContext, compose, envelope_recipients, to_wire
+from .failures import Failure, backoff_seconds, classify_smtp, retry_decision
+from .imap_sent import ImapFailure, SentMailbox
+from .logins import Login, login_for
+from .sent_copy import copy_action
+from .settings import SenderSettings
+from .smtp_transport import OutcomeUnknown, PlainNotAllowed, SmtpResult, SmtpTransport
+
+SEND_REQUESTS = "send_requests"
+SEND_QUEUE = "send_queue"
+SEND_OUTCOMES = "send_outcomes"
+SEND_COUNTERS = "send_counters"
+SEND_JOURNAL = "send_journal"  # insert-only: `<key>:sent` holds the SMTP outcome the moment it is known
+REPLY_CONTEXT = "reply_context"
+INBOXES = "inboxes"
+
+INBOX_CACHE_SECONDS = 3.0
+DUPLICATE_KEY = 11000
+
+log = logging.getLogger("mailsync.sender.delivery")
+
+
+async def _insert_ignoring_duplicates(collection: Any, docs: list[dict[str, Any]]) -> None:
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        # A document written before (a retried batch, a recovered request) is fine; anything else is not.
+        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+            raise
+
+
+class LostClaim(Exception):
+    """Another process took this request over (our lease expired); stop touching it."""
+
+
+@dataclass
+class _Work:
+    q: dict[str, Any]
+    req: dict[str, Any]
+    cmd: SendRequestedData
+    token: str
+    raw: bytes | None = None  # the bytes sent over SMTP, reused for the Sent copy
+
+
+def _strip(mid: str) -> str:
+    return mid.strip().removeprefix("<").removesuffix(">")
+
+
+def sent_event(req: dict[str, Any], q: dict[str, Any], cmd: SendRequestedData, source: str) -> MessageSent:
+    smtp = q.get("smtp") or {}
+    reply = q.get("reply") or {}
+    data = MessageSentData(
+        idempotency_key=cmd.idempotency_key,
+        send_id=q["send_id"],
+        message_id=_strip(q["message_id"]),
+        accepted_recipients=smtp.get("accepted", []),
+        refused_recipients=smtp.get("refused", {}),
+        smtp_response=smtp.get("response", ""),
+        attempts=max(1, int(q.get("attempts", 1))),
+        from_=cmd.from_,
+        to=cmd.to,
+        cc=cmd.cc,
+        bcc=cmd.bcc,
+        subject=cmd.subject,
+        in_reply_to=[_strip(reply["message_id"])] if reply.get("message_id") else [],
+        references=[_strip(r) for r in reply.get("references", [])],
+        record_ids=cmd.record_ids,
+    )
+    return MessageSent.build(
+        data=data, tenant_id=req["tenant_id"], inbox_id=req["inbox_id"], source=source, subject=q["send_id"]
+    )
+
+
+def failed_events(
+    req: dict[str, Any], q: dict[str, Any], cmd: SendRequestedData, source: str
+) -> list[Envelope[Any]]:
+    failure = q["failure"]
+    error = ErrorInfo.model_validate(failure["error"])
+    events: list[Envelope[Any]] = [
+        SendFailed.build(
+            data=SendFailedData(
+                idempotency_key=cmd.idempotency_key,
+                send_id=q["send_id"],
+                permanent=bool(failure["permanent"]),
+                attempts=int(q.get("attempts", 0)),
+                error=error,
+            ),
+            tenant_id=req["tenant_id"],
+            inbox_id=req["inbox_id"],
+            source=source,
+            subject=cmd.idempotency_key,
+        )
+    ]
+    if failure.get("exhausted"):
+        events.append(
+            SendDeadLettered.build(
+                data=SendDeadLetteredData(
+                    idempotency_key=cmd.idempotency_key,
+                    send_id=q["send_id"],
+                    attempts=int(q.get("attempts", 0)),
+                    error=error,
+                    command=cmd,
+                ),
+                tenant_id=req["tenant_id"],
+                inbox_id=req["inbox_id"],
+                source=source,
+                subject=cmd.idempotency_key,
+            )
+        )
+    return events
+
+
+class Delivery:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        publisher: EventPublisher,
+        source: str,
+        settings: SenderSettings,
+        *,
+        smtp: SmtpTransport,
+        imap: SentMailbox,
+        keyring: Keyring | None,
+        http: httpx.AsyncClient,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rand: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._source = source
+        self._s = settings
+        self._smtp = smtp
+        self._imap = imap
+        self._keyring = keyring
+        self._http = http
+        self._now = clock
+        self._rand = rand or random.Random()
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._inbox_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._finished: list[str] = []
+        self._journal = GroupCommit(self._write_journal)
+        self._outcomes = GroupCommit(self._write_outcomes)
+
+    # ---- loop ---------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self._db[SEND_QUEUE].create_index("next_at")
+        self._loop_task = asyncio.create_task(self._loop(), name="sender-delivery")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._inflight:
+            # In-flight sends finish (their outcome is stored); anything left is recovered by lease.
+            await asyncio.wait(self._inflight, timeout=self._s.shutdown_timeout_seconds / 2)
+        for batch in (self._journal, self._outcomes):
+            with contextlib.suppress(Exception):
+                await batch.close()
+        with contextlib.suppress(Exception):
+            await self._flush_finished()
+        for closing in (self._smtp.close(), self._imap.close()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing, 5.0)
+
+    async def _write_journal(self, docs: list[dict[str, Any]]) -> None:
+        await _insert_ignoring_duplicates(self._db[SEND_JOURNAL], docs)
+
+    async def _write_outcomes(self, docs: list[dict[str, Any]]) -> None:
+        await _insert_ignoring_duplicates(self._db[SEND_OUTCOMES], docs)
+        # Only now may the queue entries go: a crash before this finds no outcome and resumes.
+        self._finished.extend(d["_id"] for d in docs)
+
+    async def _flush_finished(self) -> None:
+        """Drop finished queue documents in one write (each delete scans the queue on FerretDB)."""
+        if not self._finished:
+            return
+        ids, self._finished = self._finished, []
+        try:
+            await self._db[SEND_QUEUE].delete_many({"_id": {"$in": ids}})
+        except Exception:
+            self._finished.extend(ids)
+            raise
+
+    async def _loop(self) -> None:
+        # Claims are batched ahead of the free slots (each claim scans the queue once on FerretDB);
+        # claimed entries wait here at most half their lease, else they are left for a new claim.
+        backlog: deque[tuple[dict[str, Any], str, float]] = deque()
+        while not self._stopping:
+            self._wake.clear()
+            claimed: list[tuple[dict[str, Any], str]] = []
+            try:
+                await self._flush_finished()
+            except Exception:
+                log.exception("dropping finished queue entries failed; retrying")
+            if not backlog and len(self._inflight) < self._s.sender_concurrency:
+                try:
+                    claimed = await self.claim(self._s.sender_concurrency * 2)
+                except Exception:
+                    log.exception("claiming queued sends failed; retrying")
+                    await asyncio.sleep(self._s.sender_poll_interval_seconds)
+                    continue
+                backlog.extend((q, token, time.monotonic()) for q, token in claimed)
+            while backlog and len(self._inflight) < self._s.sender_concurrency:
+                q, token, at = backlog.popleft()
+                if time.monotonic() - at > self._s.sender_lease_seconds / 2:
+                    continue  # its lease is running out: a later claim takes it up again
+                task = asyncio.create_task(self._run(q, token))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+            if backlog:
+                await self._wake.wait()  # all slots busy: a finishing task wakes us
+                continue
+            if claimed and len(self._inflight) < self._s.sender_concurrency:
+                continue  # more may be due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._s.sender_poll_interval_seconds)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def claim(self, limit: int) -> list[tuple[dict[str, Any], str]]:
+        """Take up to `limit` due queue documents; the lease is their new `next_at`.
+
+        A queued request's claim is also its intent record (`status: sending`, attempts+1), so the
+        usual path costs one write before SMTP. Batched: a few writes per batch, not per document.
+        """
+        now = self._now()
+        queue = self._db[SEND_QUEUE]
+        due = (
+            await queue.find({"next_at": {"$lte": now}}, {"_id": 1, "status": 1})
+            .sort("next_at", 1)
+            .limit(limit)
+            .to_list()
+        )
+        if not due:
+            return []
+        token = uuid.uuid4().hex
+        lease = now + timedelta(seconds=self._s.sender_lease_seconds)
+        fresh = [d["_id"] for d in due if d.get("status") == "queued"]
+        others = [d["_id"] for d in due if d.get("status") != "queued"]
+        if fresh:
+            await queue.update_many(
+                {"_id": {"$in": fresh}, "status": "queued", "next_at": {"$lte": now}},
+                {"$set": {"status": "sending", "claim": token, "next_at": lease}, "$inc": {"attempts": 1}},
+            )
+        if others:
+            await queue.update_many(
+                {"_id": {"$in": others}, "status": {"$ne": "queued"}, "next_at": {"$lte": now}},
+                {"$set": {"claim": token, "next_at": lease}},
+            )
+        docs = await queue.find({"_id": {"$in": fresh + others}, "claim": token}).to_list()
+        fresh_set = set(fresh)
+        for doc in docs:
+            if doc["_id"] in fresh_set and doc.get("status") == "sending":
+                doc["status"] = "queued"  # in memory: still to be sent; the intent is already stored
+                doc["intent_stored"] = True
+        return [(doc, token) for doc in docs]
+
+    async def run_due_once(self) -> int:
+        """Process what is due now, to completion (tests and benchmarks drive the loop with this)."""
+        claimed = await self.claim(self._s.sender_concurrency)
+        await asyncio.gather(*(self._run(q, t) for q, t in claimed))
+        return len(claimed)
+
+    async def _run(self, q: dict[str, Any], token: str) -> None:
+        try:
+            await self.process(q, token)
+        except LostClaim:
+            log.warning(
+                "lost the claim on a send request; another process continues it", extra={"key": q["_id"]}
+            )
+        except Exception:
+            # Unexpected (e.g. database down): the lease expires and the request is picked up again.
+            log.exception("send request processing failed; it will be retried", extra={"key": q["_id"]})
+
+    # ---- one request --------------------------------------------------------------------------
+
+    async def _save(self, w: _Work, fields: dict[str, Any], *, release_at: datetime | None = None) -> None:
+        update: dict[str, Any] = {"$set": dict(fields)}
+        if release_at is not None:
+            update["$set"]["next_at"] = release_at
+            update["$set"]["claim"] = None
+        res = await self._db[SEND_QUEUE].update_one({"_id": w.q["_id"], "claim": w.token}, update)
+        if res.matched_count == 0:
+            raise LostClaim(w.q["_id"])
+        w.q.update(fields)
+
+    async def process(self, q: dict[str, Any], token: str) -> None:
+        # Small commands travel in the queue entry (one read less per message); large ones are read.
+        req = q if "command" in q else await self._db[SEND_REQUESTS].find_one({"_id": q["_id"]})
+        if req is None:
+            await self._db[SEND_QUEUE].delete_one({"_id": q["_id"], "claim": token})
+            return
+        try:
+            cmd = SendRequestedData.model_validate(req["command"])
+        except ValidationError as exc:
+            log.error("stored command does not validate", extra={"key": q["_id"], "error": str(exc)[:300]})
+            await self._db[SEND_QUEUE].delete_one({"_id": q["_id"], "claim": token})
+            return
+        w = _Work(q, req, cmd, token)
+        if not q.get("intent_stored"):
+            # Taken over after a lease expired: finished already? SMTP outcome already journaled?
+            if await self._db[SEND_OUTCOMES].find_one({"_id": q["_id"]}, {"_id": 1}) is not None:
+                self._finished.append(q["_id"])
+                return
+            if q["status"] == "sending":
+                journal = await self._db[SEND_JOURNAL].find_one({"_id": f"{q['_id']}:sent"})
+                if journal is not None:
+                    journal.pop("_id")
+                    q.update(journal)
+        if w.q["status"] == "sending" and not await self._resolve_unconfirmed(w):
+            return
+        if w.q["status"] == "queued" and not await self._attempt(w):
+            return
+        # Announcements are not recorded separately: after a crash they repeat with the same event ids.
+        if w.q["status"] == "sent":
+            if not w.q.get("announced"):
+                await self._publisher.publish(sent_event(req, w.q, cmd, self._source))
+                w.q["announced"] = True
+            if w.q.get("copy_state") == "pending" and not await self._copy(w):
+                return
+        elif w.q["status"] == "failed" and not w.q.get("announced"):
+            await self._publisher.publish_all(failed_events(req, w.q, cmd, self._source))
+            w.q["announced"] = True
+        await self._finish(w)
+
+    async def _finish(self, w: _Work) -> None:
+        outcome = {k: v for k, v in w.q.items() if k not in ("next_at", "claim", "intent_stored", "command")}
+        outcome["finished_at"] = self._now()
+        # Group-committed with other finished requests; the queue entry keeps its lease until then.
+        await self._outcomes.add(outcome)
+
+    async def _fail(self, w: _Work, failure: Failure, *, exhausted: bool = False) -> None:
+        await self._save(
+            w,
+            {
+                "status": "failed",
+                "announced": False,
+                "failure": {
+                    "permanent": not failure.transient or exhausted,
+                    "exhausted": exhausted,
+                    "error": failure.error.model_dump(),
+                },
+            },
+        )
+
+    async def _transient(self, w: _Work, failure: Failure, *, keep_status: str = "queued") -> bool:
+        """Retry later, or fail when out of attempts. Returns False when the request waits."""
+        attempts = int(w.q.get("attempts", 0))
+        decision = retry_decision(failure, max(attempts, 1), self._s.sender_max_attempts)
+        if decision == "retry":
+            delay = backoff_seconds(
+                max(attempts, 1),
+                self._s.sender_backoff_base_seconds,
+                self._s.sender_backoff_max_seconds,
+                self._rand,
+            )
+            log.info(
+                "send deferred",
+                extra={
+                    "key": w.q["_id"],
+                    "code": failure.error.code,
+                    "attempts": attempts,
+                    "delay_s": round(delay, 2),
+                },
+            )
+            await self._save(
+                w,
+                {"status": keep_status, "last_error": failure.error.model_dump()},
+                release_at=self._now() + timedelta(seconds=delay),
+            )
+            return False
+        await self._fail(w, failure, exhausted=decision == "exhausted")
+        return True
+
+    async def inbox_doc(self, tenant_id: str, inbox_id: str) -> dict[str, Any] | None:
+        """The inbox registry document, cached for a few seconds (a pause or a new alias may lag
+        that long; reading it for every message would cost a database round trip each)."""
+        key = InboxRecord.key(tenant_id, inbox_id)
+        cached = self._inbox_cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        doc = await self._db[INBOXES].find_one({"_id": key})
+        self._inbox_cache[key] = (now + INBOX_CACHE_SECONDS, doc)
+        return doc
+
+    async def _inbox(self, w: _Work) -> InboxRecord | Failure:
+        doc = await self.inbox_doc(w.req["tenant_id"], w.req["inbox_id"])
+        refusal = admit(w.cmd, doc, w.req["inbox_id"])
+        if refusal is not None:
+            return Failure(False, refusal.error)
+        try:
+            return InboxRecord.model_validate(doc)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors(include_input=False))
+            return Failure(
+                False,
+                ErrorInfo(
+                    code="inbox.incomplete",
+                    message=f"the inbox record lacks what sending needs ({fields[:300]})",
+                    hint="reconnect the inbox",
+                ),
+            )
+
+    def _login_source(self, record: InboxRecord, protocol: str) -> Any:
+        async def get(force: bool) -> Login:
+            if self._keyring is None:
+                raise CredentialKeyError("no credential key configured (MAILSYNC_CREDENTIALS_KEYS)")
+            login = await login_for(record, self._keyring, self._http, protocol, force_refresh=force)  # type: ignore[arg-type]
+            if login.update:
+                await self._db[INBOXES].update_one({"_id": record.id}, {"$set": login.update})
+                self._inbox_cache.pop(record.id, None)
+            return login
+
+        return get
+
+    async def _reserve(self, record: InboxRecord) -> limits.Allow | limits.Delay | limits.Refuse:
+        lim = limits.limits_for(
+            record.provider, per_day=self._s.sender_daily_limit, per_minute=self._s.sender_per_minute_limit
+        )
+        if lim.per_day is None and lim.per_minute is None:
+            return limits.Allow()
+        now = self._now()
+        key = f"{record.id}:send:{limits.day_bucket(now)}"
+        minute = f"m.{limits.minute_field(now)}"
+        doc = await self._db[SEND_COUNTERS].find_one_and_update(
+            {"_id": key},
+            {"$inc": {"count": 1, minute: 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None
+        decision = limits.check_send(lim, int(doc["count"]), int(doc["m"][minute[2:]]), now)
+        if not isinstance(decision, limits.Allow):
+            await self._db[SEND_COUNTERS].update_one({"_id": key}, {"$inc": {"count": -1, minute: -1}})
+        return decision
+
+    async def _reply_context(self, w: _Work) -> ReplyContext | Failure | None:
+        key = w.cmd.in_reply_to_message_key
+        if not key:
+            return None
+        doc = await self._db[REPLY_CONTEXT].find_one(
+            {"_id": f"{w.req['tenant_id']}:{w.req['inbox_id']}:{key}"}
+        )
+        if doc is None:
+            return Failure(
+                True,
+                ErrorInfo(
+                    code="send.reply_target_unknown",
+                    message=f"the message being answered ({key!r}) is not known (yet) for this inbox",
+                    field="in_reply_to_message_key",
+                ),
+            )
+        return ReplyContext(doc["message_id"], list(doc.get("references", [])))
+
+    async def _prepare(
+        self, w: _Work, record: InboxRecord
+    ) -> tuple[bytes, ReplyContext | None, datetime] | bool:
+        """The wire message, within limits; a bool when the request failed (True) or waits (False)."""
+        reply = await self._reply_context(w)
+        if isinstance(reply, Failure):
+            return await self._transient(w, reply)
+        try:
+            attachments = await resolve(
+                w.cmd.attachments, self._db, self._http, self._s.sender_max_message_bytes
+            )
+            date = w.q.get("date") or self._now()
+            msg = compose(
+                w.cmd,
+                send_id=w.q["send_id"],
+                message_id=w.q["message_id"],
+                date=date,
+                reply=reply,
+                attachments=attachments,
+            )
+            raw = to_wire(msg)
+        except ComposeError as exc:
+            await self._fail(w, Failure(False, ErrorInfo(code=exc.code, message=str(exc), field=exc.field)))
+            return True
+        except AttachmentUnavailable as exc:
+            return await self._transient(
+                w, Failure(True, ErrorInfo(code="send.attachment_unavailable", message=str(exc)))
+            )
+        if len(raw) > self._s.sender_max_message_bytes:
+            error = ErrorInfo(
+                code="send.message_too_large",
+                message=f"the message is {len(raw)} bytes; the limit is {self._s.sender_max_message_bytes}",
+                field="attachments",
+            )
+            await self._fail(w, Failure(False, error))
+            return True
+        decision = await self._reserve(record)
+        if isinstance(decision, limits.Refuse):
+            await self._fail(w, Failure(False, decision.error))
+            return True
+        if isinstance(decision, limits.Delay):
+            log.info("send delayed by rate limit", extra={"key": w.q["_id"], "reason": decision.reason})
+            attempts = int(w.q.get("attempts", 0)) - (1 if w.q.get("intent_stored") else 0)
+            await self._save(w, {"status": "queued", "attempts": max(0, attempts)}, release_at=decision.until)
+            return False
+
+        return raw, reply, date
+
+    async def _submit(self, w: _Work, record: InboxRecord, raw: bytes) -> SmtpResult | bool:
+        """SMTP; a bool when the attempt failed: True for `failed`, False for a retry later."""
+        recipients = envelope_recipients(w.cmd)
+        try:
+            result = await self._smtp.send(
+                record, self._login_source(record, "smtp"), w.cmd.from_.email.strip(), recipients, raw
+            )
+        except OutcomeUnknown as exc:
+            # The server may have the message: next time, search the Sent folder before resending.
+            failure = classify_smtp(exc.cause)
+            return await self._transient(w, failure, keep_status="sending")
+        except PlainNotAllowed as exc:
+            error = ErrorInfo(code="smtp.plain_not_allowed", message=str(exc), field="smtp.security")
+            await self._fail(w, Failure(False, error))
+            return True
+        except (CredentialKeyError, DecryptionError) as exc:
+            error = ErrorInfo(
+                code="auth.credentials_unreadable", message=str(exc), hint="reconnect the inbox"
+            )
+            await self._fail(w, Failure(False, error))
+            return True
+        except OAuth2Error as exc:
+            error = ErrorInfo(
+                code=exc.code,
+                message=str(exc),
+                field="smtp_auth",
+                hint="reconnect the inbox" if exc.revoked else None,
+            )
+            if exc.revoked:
+                await self._fail(w, Failure(False, error))
+                return True
+            return await self._transient(w, Failure(True, error))
+        except Exception as exc:  # every SMTP failure is classified; none escapes
+            failure = classify_smtp(exc)
+            if failure.transient:
+                return await self._transient(w, failure)
+            await self._fail(w, failure)
+            return True
+        return result
+
+    async def _attempt(self, w: _Work) -> bool:
+        """One SMTP attempt. True when the request reached `sent` or `failed`."""
+        record = await self._inbox(w)
+        if isinstance(record, Failure):
+            await self._fail(w, record)
+            return True
+        prepared = await self._prepare(w, record)
+        if isinstance(prepared, bool):
+            return prepared
+        raw, reply, date = prepared
+        # Intent before SMTP: a crash from here on is resolved by searching the Sent folder. A fresh
+        # claim stored it already (status `sending`, attempts+1); a resend after recovery stores it now.
+        reply_doc = {"message_id": reply.message_id, "references": reply.references} if reply else None
+        if w.q.pop("intent_stored", False):
+            w.q.update({"status": "sending"})
+        else:
+            await self._save(w, {"status": "sending", "attempts": int(w.q.get("attempts", 0)) + 1})
+        result = await self._submit(w, record, raw)
+        if isinstance(result, bool):
+            return result
+        w.raw = raw
+        if self._s.sender_fault_pause_after_smtp_seconds:
+            await asyncio.sleep(self._s.sender_fault_pause_after_smtp_seconds)
+        action = copy_action(record.sent_copy, record.provider, record.provider_files_sent_copy)
+        await self._journal_sent(
+            w,
+            {
+                "status": "sent",
+                "announced": False,
+                "sent_at": self._now(),
+                "smtp": {"accepted": result.accepted, "refused": result.refused, "response": result.response},
+                "copy_action": action,
+                "copy_state": "skipped" if action == "never" else "pending",
+                "raw_size": len(raw),
+                "date": date,
+                "reply": reply_doc,
+            },
+        )
+        return True
+
+    async def _journal_sent(self, w: _Work, fields: dict[str, Any]) -> None:
+        """The SMTP outcome, stored at once as an insert (an update would scan the queue on FerretDB)."""
+        await self._journal.add({"_id": f"{w.q['_id']}:sent", **fields})
+        w.q.update(fields)
+
+    async def _resolve_unconfirmed(self, w: _Work) -> bool:
+        """The previous attempt may have been accepted: look for our Message-ID in the Sent folder."""
+        record = await self._inbox(w)
+        if isinstance(record, Failure):
+            await self._fail(w, record)
+            return True
+        login = self._login_source(record, "imap")
+        try:
+            folder = await self._imap.sent_folder(record, login)
+            uid = await self._imap.find(record, login, folder, w.q["message_id"])
+        except (ImapFailure, CredentialKeyError, DecryptionError, OAuth2Error) as exc:
+            code = getattr(exc, "code", "imap.failed")
+            failure = Failure(True, ErrorInfo(code=str(code), message=f"cannot check the Sent folder: {exc}"))
+            return await self._transient(w, failure, keep_status="sending")
+        if uid is not None:
+            log.info(
+                "interrupted send found in the Sent folder; not sending again", extra={"key": w.q["_id"]}
+            )
+            await self._save(
+                w,
+                {
+                    "status": "sent",
+                    "announced": False,
+                    "sent_at": self._now(),
+                    "smtp": {
+                        "accepted": envelope_recipients(w.cmd),
+                        "refused": {},
+                        "response": "recovered: the Message-ID is in the Sent folder",
+                    },
+                    "copy_action": "found",
+                    "copy_state": "stored",
+                    "copy": {"folder": folder, "uid": uid, "how": "already_present"},
+                },
+            )
+            await self._publisher.publish(
+                SentCopyStored.build(
+                    data=SentCopyStoredData(
+                        send_id=w.q["send_id"],
+                        message_id=_strip(w.q["message_id"]),
+                        folder=folder,
+                        uid=uid,
+                        how="already_present",
+                    ),
+                    tenant_id=w.req["tenant_id"],
+                    inbox_id=w.req["inbox_id"],
+                    source=self._source,
+                    subject=w.q["send_id"],
+                )
+            )
+            return True
+        if self._s.sender_unconfirmed_policy == "fail":
+            error = ErrorInfo(
+                code="send.outcome_unknown",
+                message="the send was interrupted after SMTP started and the message is not in the "
+                "Sent folder; not resending (it may have been delivered)",
+            )
+            await self._fail(w, Failure(False, error))
+            return True
+        log.warning("interrupted send not found in the Sent folder; sending again", extra={"key": w.q["_id"]})
+        await self._save(w, {"status": "queued"})
+        return True
+
+    async def _copy(self, w: _Work) -> bool:
+        """The Sent-folder copy. True when done (stored or given up), False when it waits for a retry."""
+        action = w.q.get("copy_action")
+        q, req = w.q, w.req
+        if action == "provider_filed":
+            event = SentCopyStored.build(
+                data=SentCopyStoredData(
+                    send_id=q["send_id"], message_id=_strip(q["message_id"]), folder="", how="provider_filed"
+                ),
+                tenant_id=req["tenant_id"],
+                inbox_id=req["inbox_id"],
+                source=self._source,
+                subject=q["send_id"],
+            )
+            await self._publisher.publish(event)
+            w.q.update({"copy_state": "stored", "copy": {"how": "provider_filed"}})
+            return True
+        record = await self._inbox(w)
+        attempts = int(q.get("copy_attempts", 0)) + 1
+        if isinstance(record, Failure):
+            return await self._copy_failed(w, attempts, record.error, retry=False)
+        lim = limits.limits_for(
+            record.provider, upload_bytes_per_day=self._s.sender_upload_budget_bytes_per_day
+        )
+        if lim.upload_bytes_per_day is not None:
+            now = self._now()
+            doc = await self._db[SEND_COUNTERS].find_one_and_update(
+                {"_id": f"{record.id}:upload:{limits.day_bucket(now)}"},
+                {"$inc": {"bytes": int(q.get("raw_size", 0))}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            assert doc is not None
+            budget = limits.check_upload(lim, int(doc["bytes"]), now)
+            if isinstance(budget, limits.Delay):
+                await self._db[SEND_COUNTERS].update_one(
+                    {"_id": doc["_id"]}, {"$inc": {"bytes": -int(q.get("raw_size", 0))}}
+                )
+                log.info("sent copy waits for the upload budget", extra={"key": q["_id"]})
+                await self._save(w, {}, release_at=budget.until)
+                return False
+        if self._s.sender_fault_pause_before_append_seconds:
+            await asyncio.sleep(self._s.sender_fault_pause_before_append_seconds)
+        login = self._login_source(record, "imap")
+        try:
+            raw = w.raw
+            if raw is None:  # resumed after a restart: the same message again (same Message-ID)
+                reply = q.get("reply")
+                attachments = await resolve(
+                    w.cmd.attachments, self._db, self._http, self._s.sender_max_message_bytes
+                )
+                raw = to_wire(
+                    compose(
+                        w.cmd,
+                        send_id=q["send_id"],
+                        message_id=q["message_id"],
+                        date=q["date"],
+                        reply=ReplyContext(reply["message_id"], reply["references"]) if reply else None,
+                        attachments=attachments,
+                    )
+                )
+            # Search first, append only when absent: a retry never duplicates the copy.
+            stored = await self._imap.copy_once(record, login, q["message_id"], raw, q["date"])
+            folder, uid, uidvalidity, how = stored.folder, stored.uid, stored.uidvalidity, stored.how
+        except (
+            ImapFailure,
+            CredentialKeyError,
+            DecryptionError,
+            OAuth2Error,
+            AttachmentUnavailable,
+            ComposeError,
+        ) as exc:
+            code = getattr(exc, "code", "imap.failed")
+            return await self._copy_failed(
+                w, attempts, ErrorInfo(code=str(code), message=f"Sent copy failed: {exc}"[:500]), retry=True
+            )
+        await self._publisher.publish(
+            SentCopyStored.build(
+                data=SentCopyStoredData(
+                    send_id=q["send_id"],
+                    message_id=_strip(q["message_id"]),
+                    folder=folder,
+                    uid=uid,
+                    uidvalidity=uidvalidity,
+                    how=how,
+                ),
+                tenant_id=req["tenant_id"],
+                inbox_id=req["inbox_id"],
+                source=self._source,
+                subject=q["send_id"],
+            )
+        )
+        # Not stored separately: _finish records it; a crash before that searches and finds the copy.
+        w.q.update(
+            {
+                "copy_state": "stored",
+                "copy_attempts": attempts,
+                "copy": {"folder": folder, "uid": uid, "uidvalidity": uidvalidity, "how": how},
+            }
+        )
+        return True
+
+    async def _copy_failed(self, w: _Work, attempts: int, error: ErrorInfo, *, retry: bool) -> bool:
+        will_retry = retry and attempts < self._s.sender_copy_max_attempts
+        event = SentCopyFailed.build(
+            data=SentCopyFailedData(
+                send_id=w.q["send_id"],
+                message_id=_strip(w.q["message_id"]),
+                attempts=attempts,
+                will_retry=will_retry,
+                error=error,
+            ),
+            tenant_id=w.req["tenant_id"],
+            inbox_id=w.req["inbox_id"],
+            source=self._source,
+            subject=w.q["send_id"],
+        )
+        await self._publisher.publish(event)
+        log.warning(
+            "sent copy failed", extra={"key": w.q["_id"], "code": error.code, "will_retry": will_retry}
+        )
+        if will_retry:
+            delay = backoff_seconds(
+                attempts, self._s.sender_backoff_base_seconds, self._s.sender_backoff_max_seconds, self._rand
+            )
+            await self._save(
+                w,
+                {"copy_attempts": attempts, "copy_error": error.model_dump(), "announced": True},
+                release_at=self._now() + timedelta(seconds=delay),
+            )
+            return False
+        await self._save(
+            w, {"copy_state": "failed", "copy_attempts": attempts, "copy_error": error.model_dump()}
+        )
+        return True

@@ -1,0 +1,119 @@
+"""What a failed SMTP or IMAP attempt means: retry (transient) or give up (permanent), and when.
+
+Pure decisions: the delivery loop hands in the exception or reply code and gets a `Failure`.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from contracts.common import ErrorInfo
+from mailsync.logs import scrub
+
+
+@dataclass(frozen=True)
+class Failure:
+    transient: bool
+    error: ErrorInfo
+
+
+def _text(message: str) -> str:
+    return scrub(" ".join(message.split()))[:500]
+
+
+def smtp_code_failure(code: int, message: str, *, what: str = "the SMTP server") -> Failure:
+    """4xx: try again later; 5xx: permanent (RFC 5321 §4.2.1)."""
+    words = _text(message)
+    server = f"{code} {words}".strip()
+    if 400 <= code < 500:
+        return Failure(
+            True, ErrorInfo(code=f"smtp.{code}", message=f"{what} deferred: {server}", server_response=server)
+        )
+    return Failure(
+        False, ErrorInfo(code=f"smtp.{code}", message=f"{what} refused: {server}", server_response=server)
+    )
+
+
+def classify_smtp(exc: BaseException) -> Failure:
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        words = _text(exc.message)
+        server = f"{exc.code} {words}"
+        transient = 400 <= exc.code < 500  # 454 temporary authentication failure
+        return Failure(
+            transient,
+            ErrorInfo(
+                code="auth.invalid_credentials" if not transient else "auth.temporary_failure",
+                message=f"SMTP authentication failed: {server}",
+                field="smtp_auth",
+                hint=None if transient else "check the SMTP username and password (or use an app password)",
+                server_response=server,
+            ),
+        )
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        detail = "; ".join(f"{r.recipient}: {r.code} {_text(r.message)}" for r in exc.recipients)
+        transient = any(400 <= c < 500 for c in codes)
+        first = next((c for c in codes if 400 <= c < 500), codes[0] if codes else 550)
+        return Failure(
+            transient,
+            ErrorInfo(
+                code=f"smtp.{first}",
+                message=f"every recipient was refused: {detail}"[:1000],
+                field="to",
+                server_response=detail[:1000],
+            ),
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        what = "the SMTP server"
+        if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+            what = "the sender address"
+        elif isinstance(exc, aiosmtplib.SMTPDataError):
+            what = "the message"
+        return smtp_code_failure(exc.code, exc.message, what=what)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return Failure(
+            False,
+            ErrorInfo(
+                code="smtp.not_supported",
+                message=f"the SMTP server lacks a needed feature: {_text(str(exc))}",
+            ),
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(
+            False,
+            ErrorInfo(
+                code="tls.certificate_invalid",
+                message="the server's TLS certificate did not verify: "
+                f"{_text(exc.verify_message or str(exc))}",
+                field="smtp.host",
+                hint="check the host name; certificate verification stays on",
+            ),
+        )
+    if isinstance(exc, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
+        return Failure(True, ErrorInfo(code="net.timeout", message="the SMTP server did not answer in time"))
+    if isinstance(exc, (aiosmtplib.SMTPException, OSError, ConnectionError)):
+        return Failure(
+            True,
+            ErrorInfo(
+                code="net.connect_failed", message=f"cannot talk to the SMTP server: {_text(str(exc))}"
+            ),
+        )
+    return Failure(True, ErrorInfo(code="send.internal", message=f"{type(exc).__name__}: {_text(str(exc))}"))
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rand: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [base·2^(n-1)/2, base·2^(n-1)], capped."""
+    r: random.Random = rand or random.Random()
+    ceiling = float(min(cap, base * (2.0 ** max(0, attempt - 1))))
+    return ceiling / 2 + r.random() * ceiling / 2
+
+
+def retry_decision(failure: Failure, attempts: int, max_attempts: int) -> str:
+    """`retry`, `fail` (permanent) or `exhausted` (transient but out of attempts → dead letter)."""
+    if not failure.transient:
+        return "fail"
+    return "retry" if attempts < max_attempts else "exhausted"

@@ -1,0 +1,46 @@
+"""Credentials for one inbox's SMTP and IMAP sessions, decrypted only when a session opens.
+
+SMTP uses `smtp_auth`, or the IMAP credentials when it has none. OAuth2 access tokens are refreshed
+through `mailsync/oauth2.py` (XOAUTH2); a refreshed token is written back to the inbox document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from mailsync.credentials import Keyring
+from mailsync.inbox_record import InboxRecord, OAuth2Auth, PasswordAuth
+from mailsync.oauth2 import ensure_access_token
+
+Mechanism = Literal["password", "xoauth2"]
+
+
+@dataclass(frozen=True)
+class Login:
+    mechanism: Mechanism
+    username: str
+    secret: str = field(repr=False)  # password or access token
+    update: dict[str, Any] = field(default_factory=dict, repr=False)  # `$set` for the inbox document
+
+
+async def login_for(
+    record: InboxRecord,
+    keyring: Keyring,
+    http: httpx.AsyncClient,
+    protocol: Literal["smtp", "imap"],
+    *,
+    force_refresh: bool = False,
+) -> Login:
+    field_name = "imap_auth"
+    if protocol == "smtp" and record.smtp_auth is not None:
+        field_name = "smtp_auth"
+    auth = getattr(record, field_name)
+    if isinstance(auth, PasswordAuth):
+        password = keyring.decrypt(auth.password, record.secret_owner(f"{field_name}.password"))
+        return Login("password", auth.username, password)
+    assert isinstance(auth, OAuth2Auth)
+    token = await ensure_access_token(record, keyring, http, field_name=field_name, force=force_refresh)
+    return Login("xoauth2", token.username, token.token, token.update)
