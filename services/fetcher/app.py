@@ -1,7 +1,5 @@
-"""Fetcher service wiring: inbox commands in → registry status + lifecycle events.
-
-IMAP sync itself (session layer, cursors, initial/incremental sync) arrives with the sync-engine issue.
-"""
+"""Fetcher service wiring: onboarding (admin API), inbox commands → registry status + lifecycle events,
+and the sync manager that runs IMAP sync for the inboxes this replica holds a lease on."""
 
 from __future__ import annotations
 
