@@ -1,4 +1,4 @@
-"""Seeds the local demo: a mailbox in the mail lab, its inbox record, a few CRM contacts, one email.
+"""Seeds the local demo: a few CRM contacts and one email into the demo inbox (which `run.sh` onboards).
 
 Idempotent: every run upserts the same records and publishes events with the same deterministic ids.
 """
@@ -9,8 +9,6 @@ import asyncio
 import os
 import smtplib
 from email.message import EmailMessage
-
-from pymongo import AsyncMongoClient
 
 from contracts.crm import CrmRecordUpserted, CrmRecordUpsertedData
 from mailsync.kafka import EventPublisher, make_broker
@@ -35,27 +33,6 @@ CONTACTS = [
 
 async def seed() -> None:
     settings = ServiceSettings(service_name="demo")
-    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongo_uri.get_secret_value())
-    db = mongo[settings.mongo_database]
-    await db.inboxes.update_one(
-        {"_id": f"{TENANT}:{INBOX_ID}"},
-        {
-            "$set": {
-                "tenant_id": TENANT,
-                "inbox_id": INBOX_ID,
-                "owner_user_id": "demo-user",
-                "email": DEMO_EMAIL,
-                "display_name": "Demo User",
-                "additional_from": [f"sales@{DOMAIN}"],
-                "imap": {"host": "127.0.0.1", "port": _port("IMAPS_PORT", 31993), "security": "tls"},
-                "smtp": {"host": "127.0.0.1", "port": _port("SUBMISSIONS_PORT", 31465), "security": "tls"},
-            },
-            "$setOnInsert": {"status": "connecting"},
-        },
-        upsert=True,
-    )
-    await mongo.close()
-
     broker = make_broker(settings)
     await broker.start()
     try:

@@ -12,6 +12,14 @@ export MAILSYNC_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" MAILSYNC_MONGO_U
 .venv/bin/mailsync topics apply >/dev/null || die "could not create the Kafka topics; see .stack/kafka/logs/server.log"
 "$HERE/mail.sh" adduser "demo@$MAIL_DOMAIN" "demo-password" >/dev/null
 "$HERE/services.sh" start
+# The demo inbox goes through onboarding like any user's: connection test, encrypted password, sync.
+onboard=(.venv/bin/python -m services.fetcher.onboarding --url "http://127.0.0.1:${FETCHER_HTTP_PORT:-38081}" --tenant demo)
+if ! "${onboard[@]}" show --inbox-id demo-inbox >/dev/null 2>&1; then
+  DEMO_PASSWORD=demo-password "${onboard[@]}" add --owner demo-user --inbox-id demo-inbox \
+    --email "demo@$MAIL_DOMAIN" --imap "127.0.0.1:$IMAPS_PORT:tls" --smtp "127.0.0.1:$SUBMISSIONS_PORT:tls" \
+    --password-env DEMO_PASSWORD >"$MAILSYNC_STACK_DIR/services/demo-onboarding.log" 2>&1 \
+    || die "onboarding the demo inbox failed; see $MAILSYNC_STACK_DIR/services/demo-onboarding.log"
+fi
 .venv/bin/python "$HERE/demo_seed.py"
 
 elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')

@@ -45,6 +45,12 @@ start_one() {
       [[ -s $keyfile ]] || (umask 077 && "$PY" -c 'from mailsync.credentials import generate_key; print("local1:" + generate_key())' >"$keyfile")
       export MAILSYNC_CREDENTIALS_KEYS_FILE="$keyfile"
     fi
+    # The local mail lab: its self-signed certificate is the trusted CA, and its 127.0.0.1 hosts are
+    # allowed (production refuses loopback/private hosts a user types in).
+    lab_ca="$MAILSYNC_STACK_DIR/mail/tls/cert.pem"
+    export MAILSYNC_FETCHER_TLS_CA_FILE="${MAILSYNC_FETCHER_TLS_CA_FILE:-$lab_ca}"
+    export MAILSYNC_SENDER_TLS_CAFILE="${MAILSYNC_SENDER_TLS_CAFILE:-$lab_ca}"
+    export MAILSYNC_FETCHER_ALLOWED_NETWORKS="${MAILSYNC_FETCHER_ALLOWED_NETWORKS:-[\"127.0.0.1\"]}"
     setsid nohup "$PY" -m "services.$name" >>"$DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
   )
