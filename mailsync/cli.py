@@ -12,28 +12,13 @@ from aiokafka import AIOKafkaConsumer
 
 from contracts import TOPICS, TOPICS_BY_NAME
 
-from .kafka import apply_topics, security
+from .kafka import apply_topics, client_kwargs
 from .settings import ServiceSettings
-
-
-def _admin_kwargs(settings: ServiceSettings) -> dict[str, Any]:
-    sec = security(settings)
-    if sec is None:
-        return {}
-    kwargs: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if sec.ssl_context is not None:
-        kwargs["ssl_context"] = sec.ssl_context
-    if settings.kafka_sasl_mechanism:
-        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
-        password = settings.kafka_sasl_password
-        kwargs["sasl_plain_password"] = password.get_secret_value() if password else None
-    return kwargs
 
 
 async def _topics_apply(settings: ServiceSettings, replication: int) -> int:
     changes = await apply_topics(
-        settings.kafka_bootstrap_servers, TOPICS, replication_factor=replication, **_admin_kwargs(settings)
+        settings.kafka_bootstrap_servers, TOPICS, replication_factor=replication, **client_kwargs(settings)
     )
     for line in changes or ["topics up to date"]:
         print(line)
@@ -59,7 +44,7 @@ async def _tail(
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
-        **_admin_kwargs(settings),
+        **client_kwargs(settings),
     )
     await consumer.start()
     seen = 0
@@ -102,7 +87,7 @@ async def _progress(settings: ServiceSettings, from_beginning: bool, idle: float
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
-        **_admin_kwargs(settings),
+        **client_kwargs(settings),
     )
     await consumer.start()
     state: dict[str, dict[str, tuple[int, int]]] = {}

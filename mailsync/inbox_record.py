@@ -11,20 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.inbox import InboxStatus
+
 from .credentials import EncryptedSecret
 
 Security = Literal["tls", "starttls", "plain"]
-InboxStatus = Literal[
-    "connecting",
-    "syncing",
-    "idle",
-    "auth_failed",
-    "connect_failed",
-    "throttled",
-    "paused",
-    "deactivated",
-    "removed",
-]
 
 
 class ServerSettings(BaseModel):

@@ -122,7 +122,7 @@ def exposition() -> tuple[bytes, str]:
 
 async def count_inboxes(db: Any) -> None:
     """Refresh `mailsync_inboxes` from the inbox registry (one $group over the `inboxes` collection)."""
-    from .inbox_record import InboxStatus  # noqa: PLC0415 (keeps this module import-light)
+    from contracts.inbox import InboxStatus  # noqa: PLC0415 (keeps this module import-light)
 
     counts = {status: 0 for status in get_args(InboxStatus)}
     async for row in await db["inboxes"].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):

@@ -7,10 +7,11 @@ attribute (RFC 6154), then by common (localized) names, else created.
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from typing import Literal
+
+from mailsync.imap_names import decode_mailbox
 
 # Presets whose SMTP servers file a copy themselves.
 SELF_FILING_PROVIDERS = frozenset({"gmail", "google", "office365", "outlook", "icloud"})
@@ -75,29 +76,8 @@ def _unquote(value: str) -> str:
     return value
 
 
-def decode_mutf7(name: str) -> str:
-    """IMAP modified UTF-7 (RFC 3501 §5.1.3) to text."""
-    out: list[str] = []
-    i = 0
-    while i < len(name):
-        ch = name[i]
-        if ch == "&":
-            end = name.find("-", i)
-            if end == -1:
-                out.append(name[i:])
-                break
-            chunk = name[i + 1 : end]
-            if not chunk:
-                out.append("&")
-            else:
-                b64 = chunk.replace(",", "/")
-                b64 += "=" * (-len(b64) % 4)
-                out.append(base64.b64decode(b64).decode("utf-16-be", "replace"))
-            i = end + 1
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
+# Kept under the sender's name for its callers.
+decode_mutf7 = decode_mailbox
 
 
 def parse_list_line(line: str) -> ListedFolder | None:

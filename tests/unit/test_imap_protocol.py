@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailsync.imap_names import decode_mailbox, encode_mailbox
 from services.fetcher.imap.backoff import Backoff
 from services.fetcher.imap.protocol import (
     Continuation,
@@ -17,8 +18,6 @@ from services.fetcher.imap.protocol import (
     Tagged,
     Untagged,
     Value,
-    decode_mailbox,
-    encode_mailbox,
     fetch_items,
     parse_response,
     parse_values,

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailsync.imap_names import decode_mailbox, encode_mailbox
+
 from .protocol import (
     Continuation,
     ProtocolError,
@@ -27,8 +29,6 @@ from .protocol import (
     Tagged,
     Untagged,
     Value,
-    decode_mailbox,
-    encode_mailbox,
     fetch_items,
     parse_response,
     quote,

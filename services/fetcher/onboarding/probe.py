@@ -390,16 +390,21 @@ async def probe_imap(  # noqa: PLR0915 - one branch per protocol step
             await client.command("LOGOUT")
         result.ok = True
     except ProbeFailed as exc:
-        result.error = error(
-            exc.code,
-            "imap",
-            server_response=_redact(exc.server_response or "", secrets) or None,
-            detail=_redact(exc.detail, secrets) or None,
-        )
+        result.error = _failure(exc, "imap", secrets)
     finally:
         if conn is not None:
             await conn.close()
     return result
+
+
+def _failure(exc: ProbeFailed, protocol: str, secrets: tuple[str, ...]) -> ErrorInfo:
+    """The step's error with every secret the probe knows removed from the server's words."""
+    return error(
+        exc.code,
+        protocol,
+        server_response=_redact(exc.server_response or "", secrets) or None,
+        detail=_redact(exc.detail, secrets) or None,
+    )
 
 
 async def _imap_auth(client: ImapClient, creds: Credentials, caps: set[str]) -> ImapReply:
@@ -536,12 +541,7 @@ async def probe_smtp(  # noqa: PLR0912, PLR0915 - one branch per protocol step
             await _smtp_cmd(conn, "QUIT")
         result.ok = True
     except ProbeFailed as exc:
-        result.error = error(
-            exc.code,
-            "smtp",
-            server_response=_redact(exc.server_response or "", secrets) or None,
-            detail=_redact(exc.detail, secrets) or None,
-        )
+        result.error = _failure(exc, "smtp", secrets)
     finally:
         if conn is not None:
             await conn.close()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from contracts.common import Address, MessageRef
 from contracts.messages import MessageReceived, MessageReceivedData
+from mailsync.dsn import CLASSIFICATION_HEADERS
 from services.fetcher.imap.protocol import Value
 
 _PARSER = BytesHeaderParser(policy=compat32)
@@ -222,15 +223,9 @@ def message_key(msg: FetchedMessage) -> str:
     return f"m:{digest}" if mid else f"h:{digest}"
 
 
-# Headers events carry so subscribers can tell auto-replies, lists and bounces apart.
-SELECTED_HEADERS = (
-    "precedence",
-    "x-autoreply",
-    "x-autorespond",
-    "x-failed-recipients",
-    "list-id",
-    "return-path",
-)
+# Headers events carry so subscribers can tell auto-replies, lists and bounces apart: the same list
+# the linker's DSN/auto-reply helpers read.
+SELECTED_HEADERS = CLASSIFICATION_HEADERS
 
 
 def selected_headers(msg: FetchedMessage) -> dict[str, str]:
