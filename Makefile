@@ -70,7 +70,8 @@ deploy-check:
 # P1 (issue #4): initial sync of a seeded Dovecot mailbox vs mbsync (Debian isync) and raw imaplib.
 .PHONY: bench-sync
 bench-sync:
-	@command -v mbsync >/dev/null || { echo "make bench-sync: mbsync not found; apt-get install isync" >&2; exit 1; }
+	@command -v mbsync >/dev/null || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq isync) >/tmp/mailsync-isync-apt.log 2>&1 \
+	  || { echo "make bench-sync: could not install isync (mbsync) with apt; see /tmp/mailsync-isync-apt.log" >&2; exit 1; }; }
 	@$(LOCAL)/stack.sh up
 	$(VENV)/python bench/sync.py --messages $${MESSAGES:-100000}
 
