@@ -86,9 +86,13 @@ class MessageReceived(Envelope[MessageReceivedData]):
 
 
 class MessageUpdatedData(Payload):
-    identity: ClassVar[tuple[str, ...]] = ("ref", "modseq")
+    # `change` is part of the identity: a flag change and the body being stored can share a MODSEQ.
+    identity: ClassVar[tuple[str, ...]] = ("ref", "modseq", "change")
     ref: MessageRef
     modseq: int = Field(ge=0, description="CONDSTORE MODSEQ of the change (0 without CONDSTORE).")
+    change: Literal["flags", "body"] = Field(
+        "flags", description="What changed: the flags/labels on the server, or the body now stored (or flagged too large)."
+    )
     flags: list[str] = Field(default_factory=list)
     gmail_labels: list[str] = Field(default_factory=list)
     body_stored: bool = False

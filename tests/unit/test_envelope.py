@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from contracts import EVENT_TYPES, TOPICS, parse_event, topic_of
 from contracts.common import Address, MessageRef
 from contracts.crm import CrmRecordUpserted, CrmRecordUpsertedData
-from contracts.messages import MessageReceived, MessageReceivedData
+from contracts.messages import MessageReceived, MessageReceivedData, MessageUpdated, MessageUpdatedData
 from contracts.sending import SendRequestedData
 
 
@@ -37,6 +37,17 @@ def test_different_facts_give_different_ids() -> None:
     other_inbox = MessageReceived.build(data=_received(1).data, tenant_id="t1", inbox_id="i2", source="/x")
     other_tenant = MessageReceived.build(data=_received(1).data, tenant_id="t2", inbox_id="i1", source="/x")
     assert len({_received(1).id, other_inbox.id, other_tenant.id}) == 3
+
+
+def test_flag_change_and_body_stored_at_one_modseq_are_two_facts() -> None:
+    ref = MessageRef(message_key="k1", folder="INBOX", uidvalidity=7, uid=1)
+
+    def updated(change: str) -> MessageUpdated:
+        data = MessageUpdatedData.model_validate({"ref": ref, "modseq": 42, "change": change, "flags": ["\\Seen"]})
+        return MessageUpdated.build(data=data, tenant_id="t1", inbox_id="i1", source="/test")
+
+    assert updated("flags").id != updated("body").id
+    assert updated("body").id == updated("body").id
 
 
 def test_round_trip_through_json_uses_aliases() -> None:

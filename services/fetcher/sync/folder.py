@@ -232,6 +232,7 @@ class FolderSync:
             data = MessageUpdatedData(
                 ref=ref,
                 modseq=m.modseq,
+                change="body",
                 flags=m.flags,
                 gmail_labels=m.gmail_labels,
                 body_stored=isinstance(raw, bytes),
