@@ -91,7 +91,8 @@ class MessageUpdatedData(Payload):
     ref: MessageRef
     modseq: int = Field(ge=0, description="CONDSTORE MODSEQ of the change (0 without CONDSTORE).")
     change: Literal["flags", "body"] = Field(
-        "flags", description="What changed: the flags/labels on the server, or the body now stored (or flagged too large)."
+        "flags",
+        description="What changed: the server flags/labels, or the body now stored (or flagged too large).",
     )
     flags: list[str] = Field(default_factory=list)
     gmail_labels: list[str] = Field(default_factory=list)

@@ -43,7 +43,9 @@ def test_flag_change_and_body_stored_at_one_modseq_are_two_facts() -> None:
     ref = MessageRef(message_key="k1", folder="INBOX", uidvalidity=7, uid=1)
 
     def updated(change: str) -> MessageUpdated:
-        data = MessageUpdatedData.model_validate({"ref": ref, "modseq": 42, "change": change, "flags": ["\\Seen"]})
+        data = MessageUpdatedData.model_validate(
+            {"ref": ref, "modseq": 42, "change": change, "flags": ["\\Seen"]}
+        )
         return MessageUpdated.build(data=data, tenant_id="t1", inbox_id="i1", source="/test")
 
     assert updated("flags").id != updated("body").id
