@@ -11,6 +11,9 @@ cd "$MAILSYNC_REPO"
 export MAILSYNC_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" MAILSYNC_MONGO_URI="mongodb://127.0.0.1:$FERRETDB_PORT/"
 .venv/bin/mailsync topics apply >/dev/null || die "could not create the Kafka topics; see .stack/kafka/logs/server.log"
 "$HERE/mail.sh" adduser "demo@$MAIL_DOMAIN" "demo-password" >/dev/null
+# The operator console (/console on the fetcher) without a login: only this local demo turns it off.
+export MAILSYNC_FETCHER_CONSOLE_AUTH="${MAILSYNC_FETCHER_CONSOLE_AUTH:-false}"
+export MAILSYNC_FETCHER_CONSOLE_LOCAL_TENANT="${MAILSYNC_FETCHER_CONSOLE_LOCAL_TENANT:-demo}"
 "$HERE/services.sh" start
 # The demo inbox goes through onboarding like any user's: connection test, encrypted password, sync.
 onboard=(.venv/bin/python -m services.fetcher.onboarding --url "http://127.0.0.1:${FETCHER_HTTP_PORT:-38081}" --tenant demo)
@@ -31,6 +34,7 @@ mailsync is running (started in ${elapsed} s). Everything listens on 127.0.0.1 o
   FerretDB    mongodb://127.0.0.1:$FERRETDB_PORT/   (database "mailsync")
   IMAP        127.0.0.1:$IMAPS_PORT (TLS), :$IMAP_PORT (STARTTLS)   demo login: demo@$MAIL_DOMAIN / demo-password
   SMTP        127.0.0.1:$SUBMISSIONS_PORT (TLS), :$SUBMISSION_PORT (STARTTLS), inbound MTA :$SMTP_PORT
+  Console     http://127.0.0.1:${FETCHER_HTTP_PORT:-38081}/console   (operator console, tenant "demo", no login locally)
   Services    fetcher :38081  linker :38082  sender :38083  janitor :38084   (GET /healthz, /readyz)
   Logs        .stack/services/<service>.log (JSON), .stack/kafka/logs, .stack/ferretdb, .stack/mail
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mailsync import metrics
 from mailsync.service import Runtime
 
+from .console.wiring import install as install_console
 from .onboarding.wiring import install as install_onboarding
 from .registry import InboxRegistry
 from .settings import FetcherSettings
@@ -17,7 +18,9 @@ def setup(rt: Runtime) -> None:
     registry = InboxRegistry(rt.db, rt.publisher, rt.source)
     rt.subscribe("mailsync.inbox.commands.v1", registry.apply)
     # Onboarding (issue #3): admin API under /admin/*, credential keys checked at start-up.
-    install_onboarding(rt)
+    onboarding = install_onboarding(rt)
+    # Operator console (issue #10): pages under /console, using onboarding in-process.
+    install_console(rt, onboarding)
     # /metrics: inboxes by status, read from the registry at each scrape.
     rt.metrics_collectors.append(lambda: metrics.count_inboxes(rt.db))
     # IMAP sync (issue #4): a startup hook starts syncing the registered inboxes this replica leases.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from mailsync.settings import ServiceSettings
 
@@ -51,4 +51,25 @@ class FetcherSettings(ServiceSettings):
     fetcher_sync_bodies: bool = Field(default=True, description="Fetch and store bodies after headers.")
     fetcher_sync_body_max_bytes: int = Field(
         default=25 * 1024 * 1024, ge=0, description="Larger messages are flagged `too_large`, not fetched."
+    )
+
+    # Operator console (issue #10): pages under /console on this HTTP port.
+    fetcher_console_enabled: bool = Field(default=True, description="Serve the operator console at /console.")
+    fetcher_console_auth: bool = Field(
+        default=True, description="Require a console user (HTTP Basic or Bearer); off only in the local demo."
+    )
+    fetcher_console_users: SecretStr | None = Field(
+        default=None, description="Console users, `name:tenant:token` separated by commas or newlines."
+    )
+    fetcher_console_users_file: str | None = Field(
+        default=None, description="A mounted secret file with the console users (same format)."
+    )
+    fetcher_console_local_tenant: str | None = Field(
+        default=None, description="Tenant shown when auth is off; None: `tenant_default`."
+    )
+    fetcher_console_csrf_secret: SecretStr | None = Field(
+        default=None, description="Key for the forms' CSRF tokens; None: random per process (one replica)."
+    )
+    fetcher_console_events: bool = Field(
+        default=True, description="Follow the inbox, message, link and send topics for the console's views."
     )

@@ -1,0 +1,1 @@
+"""The operator console (issue #10): server-rendered pages under /console, served by the fetcher."""
