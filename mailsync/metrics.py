@@ -3,8 +3,10 @@
 One process runs one service, so the metrics live in one module-level registry; Prometheus adds the
 pod/service labels when it scrapes. The runtime feeds the consumer-path metrics (consumed, rejected,
 handler latency, consumer lag) and the publisher feeds `events_produced`; the domain metrics below
-(IMAP connections, sync progress, SMTP outcomes, errors by code) are for the services to update where
-the fact happens, e.g. `metrics.SMTP_OUTCOMES.labels(code="250").inc()`.
+(IMAP connections by state, sync progress, IDLE cycles, reconnects, SMTP outcomes by code, Sent
+copies, janitor actions, linker signals, errors by code) are fed by the services where the fact
+happens, through the small `observe_*` helpers (e.g. `metrics.observe_smtp(result.response)`).
+docs/operations.md lists them with what to alert on.
 
 Label values are bounded sets (topic names, event types, status names, reply codes, error codes):
 never a tenant, inbox or message id, which would grow the series without bound.
@@ -13,7 +15,9 @@ never a tenant, inbox or message id, which would grow the series without bound.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections import Counter as Counter_
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sized
 from typing import Any, get_args
 
 from aiokafka import TopicPartition
@@ -25,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -66,11 +71,6 @@ INBOXES = Gauge(
     ["status"],
     registry=REGISTRY,
 )
-IMAP_CONNECTIONS = Gauge(
-    "mailsync_imap_connections",
-    "Open IMAP connections held by this process.",
-    registry=REGISTRY,
-)
 SYNC_MESSAGES = Counter(
     "mailsync_sync_messages",
     "Messages fetched by IMAP sync, by phase (initial, incremental).",
@@ -83,6 +83,53 @@ SMTP_OUTCOMES = Counter(
     ["code"],
     registry=REGISTRY,
 )
+IMAP_IDLE = Counter(
+    "mailsync_imap_idle",
+    "IDLE cycles that ended, by how: `changes` (the server announced new mail, flags or expunges) or "
+    "`restart` (the restart timer ran out, well before the server's 29-minute limit).",
+    ["ended"],
+    registry=REGISTRY,
+)
+IMAP_RECONNECTS = Counter(
+    "mailsync_imap_reconnects",
+    "IMAP connections given up and reopened after a backoff, by reason "
+    "(connection_lost, timeout, network, protocol, server_error).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SENT_COPY_OUTCOMES = Counter(
+    "mailsync_sent_copy_outcomes",
+    "Sent-folder copies by outcome: appended, already_present, provider_filed, retry (failed, will "
+    "retry) or failed (given up).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+JANITOR_ACTIONS = Counter(
+    "mailsync_janitor_actions",
+    "Inbox cleanup actions taken by the janitor's sweeps: warned, cancelled, deactivated, purged.",
+    ["action"],
+    registry=REGISTRY,
+)
+JANITOR_SWEEPS = Counter(
+    "mailsync_janitor_sweeps",
+    "Janitor sweeps by outcome: done, skipped (another replica holds the lease), lost_lease, failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+LINKER_SIGNALS = Counter(
+    "mailsync_linker_signals",
+    "Messages the linker classified, by kind: reply, auto_reply, bounce, none (an inbound message that "
+    "answers nothing we sent), outbound, history (found by a backfill: no signal), auto_reply_unrelated.",
+    ["kind"],
+    registry=REGISTRY,
+)
+LINKER_LINKS = Counter(
+    "mailsync_linker_links",
+    "Link decisions stored for a message: linked (first links), unlinked (first look, no CRM record), "
+    "changed (links differ after a directory change).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 ERRORS = Counter(
     "mailsync_errors",
     "Errors by stable error code (the code carried in error events and logs).",
@@ -92,6 +139,133 @@ ERRORS = Counter(
 
 # Run before each scrape to refresh gauges that are read from state (e.g. inbox counts).
 Collector = Callable[[], Awaitable[None] | None]
+
+IMAP_STATES = ("syncing", "idle", "polling")
+# Each open IMAP connection's current state. Weak keys: a connection dropped without a clean close
+# leaves the gauge by itself when it is garbage-collected, so the gauge cannot drift upwards.
+_imap_states: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+# Initial syncs in progress: (tenant, inbox, folder) → (done, total) as last announced.
+_initial_progress: dict[tuple[str, str, str], tuple[int, int]] = {}
+
+
+def imap_state(connection: object, state: str | None) -> None:
+    """Record what an open IMAP connection is doing now (one of IMAP_STATES); None when it is closed."""
+    if state is None:
+        _imap_states.pop(connection, None)
+    else:
+        _imap_states[connection] = state
+
+
+def observe_idle(woke: Sized) -> None:
+    """An IDLE cycle ended; `woke` is what the server announced (empty: the restart timer ran out)."""
+    IMAP_IDLE.labels(ended="changes" if len(woke) else "restart").inc()
+
+
+def observe_reconnect(exc: BaseException) -> None:
+    """An IMAP connection failed and will be reopened; the reason is a bounded name for the error."""
+    name = type(exc).__name__
+    if name == "ConnectionLost":
+        reason = "connection_lost"
+    elif isinstance(exc, TimeoutError):
+        reason = "timeout"
+    elif name == "ProtocolError":
+        reason = "protocol"
+    elif isinstance(exc, OSError):
+        reason = "network"
+    else:
+        reason = "server_error"
+    IMAP_RECONNECTS.labels(reason=reason).inc()
+
+
+def observe_sync_progress(tenant_id: str, inbox_id: str, folder: str, done: int, total: int) -> None:
+    """A folder's initial sync reported progress; a finished one leaves the gauges."""
+    key = (tenant_id, inbox_id, folder)
+    if done >= total:
+        _initial_progress.pop(key, None)
+    else:
+        _initial_progress[key] = (done, total)
+
+
+def observe_smtp(outcome: object) -> None:
+    """Count one SMTP submission by reply code: from a reply text ("250 2.0.0 Ok"), an exception
+    carrying `code` (or `recipients` with codes, or a `cause`), or None when no reply came."""
+    code: object = None
+    if isinstance(outcome, str):
+        code = outcome.split(" ", 1)[0]
+    elif outcome is not None:
+        code = getattr(outcome, "code", None)
+        recipients = getattr(outcome, "recipients", None)
+        if code is None and recipients:
+            code = getattr(recipients[0], "code", None)
+    text = str(code) if code is not None else ""
+    SMTP_OUTCOMES.labels(code=text if text.isdigit() and len(text) == 3 else "none").inc()
+
+
+def observe_sent_copy(outcome: str) -> None:
+    SENT_COPY_OUTCOMES.labels(outcome=outcome).inc()
+
+
+def observe_sweep(stats: Any) -> None:
+    """Count a janitor sweep's actions from its stats (warned, cancelled, deactivated, purged_inboxes)."""
+    if stats is None:
+        JANITOR_SWEEPS.labels(outcome="failed").inc()
+        return
+    if not getattr(stats, "acquired", True):
+        JANITOR_SWEEPS.labels(outcome="skipped").inc()
+        return
+    JANITOR_SWEEPS.labels(outcome="lost_lease" if getattr(stats, "lost_lease", False) else "done").inc()
+    for action, attr in (
+        ("warned", "warned"),
+        ("cancelled", "cancelled"),
+        ("deactivated", "deactivated"),
+        ("purged", "purged_inboxes"),
+    ):
+        if n := int(getattr(stats, attr, 0) or 0):
+            JANITOR_ACTIONS.labels(action=action).inc(n)
+
+
+def observe_linked(sets: Mapping[str, Any], *, first: bool) -> None:
+    """Count what one stored link decision changed: the links (first time or a change) and the signal."""
+    if "links" in sets:
+        if first:
+            LINKER_LINKS.labels(outcome="linked" if sets["links"] else "unlinked").inc()
+        else:
+            LINKER_LINKS.labels(outcome="changed").inc()
+    if sets.get("signal"):
+        LINKER_SIGNALS.labels(kind=str(sets["signal"])).inc()
+
+
+class _StateCollector:
+    """Gauges computed at scrape time from the live state above."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "mailsync_imap_connections",
+            "Open IMAP connections held by this process, by state: syncing (running commands), idle "
+            "(in IDLE), polling (waiting for the next poll).",
+            labels=["state"],
+        )
+        counts = Counter_(_imap_states.values())
+        for state in sorted({*IMAP_STATES, *counts}):
+            connections.add_metric([state], counts.get(state, 0))
+        yield connections
+        progress = list(_initial_progress.values())
+        yield GaugeMetricFamily(
+            "mailsync_sync_initial_folders",
+            "Folders whose initial sync is in progress in this process.",
+            value=len(progress),
+        )
+        yield GaugeMetricFamily(
+            "mailsync_sync_initial_remaining_messages",
+            "Messages still to fetch by the initial syncs in progress (as last announced by each folder).",
+            value=sum(max(total - done, 0) for done, total in progress),
+        )
+
+
+REGISTRY.register(_StateCollector())
 
 
 def observe_consumed(topic: str, event_type: str | None, outcome: str, started: float) -> None:

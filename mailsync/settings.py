@@ -44,6 +44,11 @@ class ServiceSettings(BaseSettings):
         description="OpenTelemetry spans for every publish and consume, trace context in Kafka headers; "
         "exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set and the OTLP exporter is installed.",
     )
+    tracing_file: str | None = Field(
+        default=None,
+        description="For tests and debugging: also write every finished span as one JSON line to this file "
+        "(turns tracing on).",
+    )
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
 
     def consumer_group(self) -> str:

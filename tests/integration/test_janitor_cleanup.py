@@ -32,6 +32,7 @@ from services.janitor.schedule import Schedule
 from services.janitor.settings import DEFAULT_PURGE, JanitorSettings
 from services.janitor.sweep import Sweeper
 from tests.integration.conftest import TopicWatcher, eventually
+from tests.integration.test_operations import scrape, total
 
 pytestmark = pytest.mark.integration
 Mongo = AsyncMongoClient[dict[str, Any]]
@@ -396,6 +397,12 @@ async def test_two_janitor_processes_act_once(service, watch, mongo: Mongo) -> N
     seen = await settle(events, 3.0)
     assert [len(of(seen, tenant, i, "deactivated")) for i in inboxes] == [1, 1, 1, 1]
     assert await stored(db, tenant, "p0") == 0
+
+    async def deactivations() -> bool:  # /metrics of both: the four deactivations, counted once
+        scraped = [await asyncio.to_thread(scrape, j) for j in (first, second)]
+        return sum(total(m, "mailsync_janitor_actions_total", action="deactivated") for m in scraped) == 4
+
+    await eventually(deactivations, timeout=10)
     assert first.proc.poll() is None and second.proc.poll() is None
     assert first.stop() == 0 and second.stop() == 0
     await mongo.drop_database(shared)

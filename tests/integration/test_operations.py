@@ -29,9 +29,14 @@ from contracts.crm import CrmRecordUpserted, CrmRecordUpsertedData
 from contracts.inbox import InboxCommandData, InboxCommandRequested
 from mailsync.kafka import apply_topics
 from tests.integration.conftest import _free_port, eventually
+from tests.integration.test_fetcher_sync import append, record, sync_env
+from tests.integration.test_sender_delivery import inbox_doc, send_command, sender_env
 from tests.stack import ROOT
 
 pytestmark = pytest.mark.integration
+# The linker (a fresh consumer group) may first work through what other runs publish meanwhile on the
+# shared messages topic, in the reply's partition.
+BACKLOG_S = 120.0
 KAFKA_SH = ROOT / "deploy/local/kafka.sh"
 
 
@@ -106,6 +111,81 @@ async def test_metrics_counters_move_after_traffic(service, producer, kafka_boot
     lag = [v for (n, lbl), v in after.items() if n == "mailsync_consumer_lag" and ("topic", topic) in lbl]
     assert lag and all(v >= 0 for v in lag)
     assert fetcher.stop() == 0
+
+
+async def test_domain_metrics_move_with_real_mail(  # type: ignore[no-untyped-def]  # noqa: PLR0917
+    service, producer, watch, mongo, mail_lab, mail_user_factory
+) -> None:
+    """Alice sends to Bob through the sender (Postfix), the fetcher syncs Bob's inbox over IMAP IDLE,
+    Bob gets a reply to Alice's mail and the linker classifies it: each service's /metrics shows it."""
+    alice, bob = mail_user_factory("alice"), mail_user_factory("bob")
+    tag = uuid.uuid4().hex[:8]
+    fetch_inbox, send_inbox = f"bob-{tag}", f"alice-{tag}"
+    inbox_events = await watch("mailsync.inbox.v1")
+    send_events = await watch("mailsync.send.events.v1")
+    replies = await watch("mailsync.replies.v1")
+    linker = service("linker")
+    sender = service("sender", **sender_env())
+    # IDLE restarted every second, so restarts show within the test.
+    fetcher = service("fetcher", **sync_env(MAILSYNC_FETCHER_SYNC_IDLE_RESTART_SECONDS="1"))
+    await mongo[sender.database].inboxes.insert_one(
+        inbox_doc(send_inbox, alice.email, alice.password, mail_lab)
+    )
+    await mongo[fetcher.database].inboxes.insert_one(record(bob, mail_lab.imap_port, "t1", fetch_inbox))
+    await inbox_events.wait_for(
+        lambda e: e["inbox_id"] == fetch_inbox and e["type"] == "mailsync.inbox.initial_sync_completed", 60
+    )
+
+    # The fetcher holds IMAP connections (INBOX and Sent) that IDLE and restart IDLE.
+    async def idling() -> dict[Any, float] | None:
+        got = await asyncio.to_thread(scrape, fetcher)
+        idle = total(got, "mailsync_imap_connections", state="idle")
+        return got if idle >= 1 and total(got, "mailsync_imap_idle_total", ended="restart") >= 1 else None
+
+    fetched = await eventually(idling, timeout=30)
+    assert total(fetched, "mailsync_imap_connections") >= 2  # INBOX and Sent, by state
+    assert {lbl for (n, lbl), _ in fetched.items() if n == "mailsync_imap_connections"} >= {
+        (("state", s),) for s in ("syncing", "idle", "polling")
+    }
+
+    # Alice → Bob over SMTP submission: one 250, one Sent copy appended.
+    key = f"k-{tag}"
+    await producer(send_command(send_inbox, key, alice.email, bob.email, subject=f"offer {tag}"))
+    sent = await send_events.wait_for(
+        lambda e: e["type"] == "mailsync.send.message_sent" and e["data"]["idempotency_key"] == key, 60
+    )
+    await send_events.wait_for(
+        lambda e: (
+            e["type"] == "mailsync.send.sent_copy_stored" and e["data"]["send_id"] == sent["data"]["send_id"]
+        )
+    )
+    sender_after = await asyncio.to_thread(scrape, sender)
+    assert total(sender_after, "mailsync_smtp_outcomes_total", code="250") == 1
+    assert total(sender_after, "mailsync_sent_copy_outcomes_total", outcome="appended") == 1
+
+    # Bob's answer lands in his inbox: synced as new mail, classified as a reply by the linker.
+    mid = sent["data"]["message_id"]
+    answer = (
+        f"From: Ann <ann-{tag}@example.com>\r\nTo: {bob.email}\r\nSubject: Re: offer {tag}\r\n"
+        f"Message-ID: <answer-{tag}@example.com>\r\nIn-Reply-To: <{mid}>\r\n\r\nyes\r\n"
+    ).encode()
+    await asyncio.to_thread(append, bob, mail_lab.imap_port, [answer])
+    await replies.wait_for(
+        lambda e: e["inbox_id"] == fetch_inbox and e["type"] == "mailsync.message.reply_received", BACKLOG_S
+    )
+
+    async def synced() -> dict[Any, float] | None:
+        got = await asyncio.to_thread(scrape, fetcher)
+        # Alice's mail via Postfix and the answer; IDLE woke for them.
+        moved = total(got, "mailsync_sync_messages_total", phase="incremental") >= 2
+        return got if moved and total(got, "mailsync_imap_idle_total", ended="changes") >= 1 else None
+
+    await eventually(synced, timeout=30)
+    linked = await asyncio.to_thread(scrape, linker)
+    assert total(linked, "mailsync_linker_signals_total", kind="reply") >= 1
+    assert total(linked, "mailsync_linker_links_total", outcome="unlinked") >= 1  # no CRM records here
+    for svc in (fetcher, sender, linker):
+        assert svc.stop() == 0, svc.log()[-3000:]
 
 
 async def test_topics_apply_aligns_retention_and_cleanup_idempotently(kafka_bootstrap: str) -> None:

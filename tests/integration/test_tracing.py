@@ -1,15 +1,23 @@
 """One trace across services: FastStream's telemetry middleware carries the context in Kafka headers.
 
-Two runtimes built like the services (`mailsync.service.build`) in this process, on the real Kafka
-and FerretDB, share an in-memory span exporter: a command published by a producer is consumed by
-runtime A, which publishes an event that runtime B consumes. All spans must form one trace with
-each consume span a child of the publish span before it.
+- The real chain: the fetcher and the linker run as real processes (`python -m services.X`) with
+  `MAILSYNC_TRACING_FILE`, which writes every finished span as a JSON line. A reply to a message
+  mailsync sent lands in a real Dovecot mailbox; the fetcher syncs it and publishes `message
+  received`, the linker consumes it, links it ("link message" span) and publishes `reply received`.
+  All these spans must be one trace, each a child of the one before, across both processes.
+- Two runtimes built like the services (`mailsync.service.build`) in this process share an in-memory
+  span exporter: the context crosses Kafka twice, from a command to a lifecycle event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +30,16 @@ from pydantic import SecretStr
 from contracts import Envelope
 from contracts.inbox import InboxCommandData, InboxCommandRequested, InboxPaused, InboxPausedData
 from mailsync.kafka import EventPublisher, make_broker
+from mailsync.outbound_ids import message_id_for, send_id_for
 from mailsync.service import Runtime, build
 from mailsync.settings import ServiceSettings
-from tests.integration.conftest import skip_history
+from tests.integration.conftest import MailUser, eventually, skip_history
+from tests.integration.test_fetcher_sync import append, record, sync_env
 
 pytestmark = pytest.mark.integration
+# The linker (a fresh consumer group) may first work through what other runs publish meanwhile on the
+# shared messages topic, in the reply's partition.
+BACKLOG_S = 120.0
 
 
 async def test_one_trace_from_command_through_two_services(kafka_bootstrap: str, mongo_uri: str) -> None:
@@ -113,3 +126,102 @@ async def test_one_trace_from_command_through_two_services(kafka_bootstrap: str,
     assert parent("mailsync.inbox.v1 create") == span["mailsync.inbox.commands.v1 process"].context.span_id
     assert parent("mailsync.inbox.v1 process") == span["mailsync.inbox.v1 create"].context.span_id
     assert span["mailsync.inbox.commands.v1 process"].kind == SpanKind.CONSUMER
+
+
+def read_spans(path: Path) -> dict[str, dict[str, Any]]:
+    """Spans of one process's JSON-lines file, by span id."""
+    if not path.exists():
+        return {}
+    spans = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {s["span_id"]: s for s in spans}
+
+
+async def test_one_trace_from_imap_sync_through_linker_to_reply_received(  # type: ignore[no-untyped-def]  # noqa: PLR0917
+    service,
+    watch,
+    mongo,
+    mail_lab,
+    mail_user_factory: Callable[[str], MailUser],
+    tmp_path: Path,
+) -> None:
+    """The linker's default batch path: one span per record (`mailsync.tracing.record_spans`) and a
+    `link message` span per message; `MAILSYNC_LINKER_BATCH=false` (one record at a time) gives the
+    same chain through FastStream's own consume span."""
+    user = mail_user_factory("trace")
+    tag = uuid.uuid4().hex[:8]
+    inbox_id = f"trace-{tag}"
+    fetcher_file, linker_file = tmp_path / "fetcher-spans.jsonl", tmp_path / "linker-spans.jsonl"
+    replies = await watch("mailsync.replies.v1")
+    inbox_events = await watch("mailsync.inbox.v1")
+    service("linker", MAILSYNC_TRACING_FILE=str(linker_file))
+    fetcher = service("fetcher", **sync_env(MAILSYNC_TRACING_FILE=str(fetcher_file)))
+    await mongo[fetcher.database].inboxes.insert_one(record(user, mail_lab.imap_port, "t1", inbox_id))
+    await inbox_events.wait_for(
+        lambda e: e["inbox_id"] == inbox_id and e["type"] == "mailsync.inbox.initial_sync_completed", 60
+    )
+
+    # Ann answers a message mailsync sent: In-Reply-To carries our Message-ID token.
+    ours = message_id_for(send_id_for("t1", inbox_id, f"k-{tag}"), "mailsync.test")
+    reply = (
+        f"From: Ann <ann-{tag}@example.com>\r\nTo: {user.email}\r\nSubject: Re: our offer\r\n"
+        f"Date: {format_datetime(datetime.now(UTC))}\r\nMessage-ID: <reply-{tag}@example.com>\r\n"
+        f"In-Reply-To: {ours}\r\nReferences: {ours}\r\n\r\nYes, please.\r\n"
+    ).encode()
+    await asyncio.to_thread(append, user, mail_lab.imap_port, [reply])
+    got = await replies.wait_for(
+        lambda e: e["inbox_id"] == inbox_id and e["type"] == "mailsync.message.reply_received", BACKLOG_S
+    )
+    assert got["data"]["original_message_id"] == ours.strip("<>")
+
+    def received_link(spans: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        return next(
+            (
+                s
+                for s in spans.values()
+                if s["name"] == "link message"
+                and s["attributes"].get("mailsync.type") == "mailsync.message.received"
+                and s["attributes"].get("mailsync.inbox_id") == inbox_id
+            ),
+            None,
+        )
+
+    async def linker_spans() -> dict[str, dict[str, Any]] | None:
+        spans = read_spans(linker_file)
+        link = received_link(spans)
+        # The reply's publish spans end inside "link message", the consume span right after it.
+        return spans if link and link["parent_span_id"] in spans else None
+
+    linked = await eventually(linker_spans, timeout=15)
+    published = read_spans(fetcher_file)
+    link = received_link(linked)
+    assert link is not None
+
+    # Linker: consume span (child of the fetcher's span, through the record's traceparent header).
+    consume = linked[link["parent_span_id"]]
+    assert consume["name"] == "mailsync.messages.v1 process" and consume["kind"] == "CONSUMER"
+    assert consume["service"] == "mailsync-linker" and consume["parent_remote"]
+    # Fetcher: the span of publishing `message received` from the IMAP sync.
+    create = published[consume["parent_span_id"]]
+    assert create["name"] == "mailsync.messages.v1 create" and create["kind"] == "PRODUCER"
+    assert create["service"] == "mailsync-fetcher"
+    assert create["attributes"]["messaging.kafka.message.key"] == inbox_id
+    assert any(
+        s["name"] == "mailsync.messages.v1 publish" and s["parent_span_id"] == create["span_id"]
+        for s in published.values()
+    )
+    # Linker: `reply received` published from inside "link message".
+    reply_creates = [
+        s
+        for s in linked.values()
+        if s["name"] == "mailsync.replies.v1 create" and s["parent_span_id"] == link["span_id"]
+    ]
+    assert reply_creates, sorted(s["name"] for s in linked.values())
+    reply_create = reply_creates[0]
+    assert reply_create["kind"] == "PRODUCER"
+    assert any(
+        s["name"] == "mailsync.replies.v1 publish" and s["parent_span_id"] == reply_create["span_id"]
+        for s in linked.values()
+    )
+    chain = [create, consume, link, reply_create]
+    assert {s["trace_id"] for s in chain} == {create["trace_id"]}, "one trace from IMAP to the reply"
+    assert create["parent_span_id"] is None, "the trace starts at the fetcher"
