@@ -189,7 +189,10 @@ class AioSmtpTransport:
                 result = await self._transaction(session.smtp, sender, recipients, raw)
             except _Stage as stage:
                 session.smtp.close()
-                stale = isinstance(stage.exc, (aiosmtplib.SMTPServerDisconnected, ConnectionError))
+                stale = isinstance(stage.exc, (aiosmtplib.SMTPServerDisconnected, ConnectionError)) or (
+                    # 421: the server closed the idle session ("timeout exceeded"), not a verdict on us.
+                    isinstance(stage.exc, aiosmtplib.SMTPResponseException) and stage.exc.code == 421
+                )
                 if stage.data_started:
                     raise OutcomeUnknown(stage.exc) from None
                 if not (reused and stale):

@@ -328,7 +328,29 @@ def fetch_items(response: Untagged) -> dict[str, Value]:
         if name.endswith(">"):
             name = name[: name.rfind("<")]
         out[name] = items[i + 1]
+    _check_ranges(out)
     return out
+
+
+_MAX_32 = (1 << 32) - 1  # UIDs and sizes are 32-bit (RFC 3501 nz-number, number)
+_MAX_63 = (1 << 63) - 1  # MODSEQ (RFC 7162 mod-sequence-value); also the largest BSON integer
+
+
+def _check_ranges(items: dict[str, Value]) -> None:
+    """Numbers beyond what IMAP allows are a hostile or broken server (and would not fit a database
+    integer further down); refuse them here instead of failing later on a stored document."""
+    for name in ("UID", "RFC822.SIZE"):
+        v = items.get(name)
+        if isinstance(v, int) and v > _MAX_32:
+            raise ProtocolError(f"FETCH {name} {v} out of range")
+    m = items.get("MODSEQ")
+    if isinstance(m, list) and any(isinstance(x, int) and x > _MAX_63 for x in m):
+        raise ProtocolError("FETCH MODSEQ out of range")
+
+
+def in_range(value: int | None, *, bits: int) -> bool:
+    """True when `value` (None counts) fits an unsigned IMAP number of `bits` bits (32 or 63)."""
+    return value is None or 0 <= value <= (_MAX_32 if bits == 32 else _MAX_63)
 
 
 # ---- commands ------------------------------------------------------------------------------------

@@ -30,9 +30,11 @@ from .protocol import (
     Untagged,
     Value,
     fetch_items,
+    in_range,
     parse_response,
     quote,
 )
+from .qresync import Vanished, merge, parse_vanished
 
 Security = Literal["tls", "starttls", "plain"]
 
@@ -69,6 +71,8 @@ class MailboxState:
     uidnext: int
     exists: int
     highestmodseq: int | None  # None: no CONDSTORE for this mailbox (NOMODSEQ or not offered)
+    # QRESYNC only: UIDs expunged since the MODSEQ passed to `examine` (None: not asked or unusable).
+    vanished: Vanished | None = None
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,14 @@ class ImapSession:
         self.timeout = timeout
         self._read_size = read_size
         self.capabilities: frozenset[str] = frozenset()
+        self.enabled: frozenset[str] = frozenset()  # extensions turned on with ENABLE (RFC 5161)
         self.selected: str | None = None
         self.closed = False
         self.bytes_received = 0
+        # A server that trickles bytes passes every per-read timeout; a command (or a lone response)
+        # taking longer than 2x `timeout` must average at least this many bytes per second.
+        self.min_bytes_per_second = 64.0
+        self._progress_from: tuple[float, int] | None = None
         # Untagged responses that arrived outside IDLE (EXISTS/EXPUNGE/FETCH/VANISHED during a command).
         self.unsolicited: list[Untagged] = []
 
@@ -195,6 +204,8 @@ class ImapSession:
             self._pending.append(parse_response(raw))
 
     async def _next(self, wait: float | None = None) -> Response:
+        loop = asyncio.get_running_loop()
+        since, base = self._progress_from or (loop.time(), self.bytes_received)
         while not self._pending:
             try:
                 await self._read_more(self.timeout if wait is None else wait)
@@ -203,6 +214,11 @@ class ImapSession:
                     raise
                 self.closed = True
                 raise ConnectionLost(f"no answer from the server within {self.timeout:.0f}s") from None
+            elapsed = loop.time() - since
+            got = self.bytes_received - base
+            if wait is None and elapsed > 2 * self.timeout and got < self.min_bytes_per_second * elapsed:
+                self.abort()
+                raise ConnectionLost(f"server too slow: {got} bytes in {elapsed:.0f}s")
         resp = self._pending.popleft()
         if isinstance(resp, Untagged) and resp.kind == "BYE":
             self.closed = True
@@ -231,6 +247,19 @@ class ImapSession:
         tag = self._send(data)
         await self._writer.drain()
         result_untagged: list[Untagged] = []
+        self._progress_from = (asyncio.get_running_loop().time(), self.bytes_received)
+        try:
+            return await self._collect(name, tag, result_untagged, on_untagged)
+        finally:
+            self._progress_from = None
+
+    async def _collect(
+        self,
+        name: str,
+        tag: str,
+        result_untagged: list[Untagged],
+        on_untagged: Callable[[Untagged], bool] | None,
+    ) -> CommandResult:
         while True:
             resp = await self._next()
             if isinstance(resp, Tagged):
@@ -269,10 +298,15 @@ class ImapSession:
         blob = f"user={username}\x01auth=Bearer {access_token}\x01\x01".encode()
         tag = self._send(b"AUTHENTICATE XOAUTH2 " + base64.b64encode(blob))
         await self._writer.drain()
+        challenges = 0
         while True:
             resp = await self._next()
             if isinstance(resp, Continuation):
                 # The server sends an error description as a challenge; an empty reply ends the exchange.
+                # More than a couple of challenges is a server looping us, not SASL XOAUTH2.
+                challenges += 1
+                if challenges > 2:
+                    raise ProtocolError("AUTHENTICATE XOAUTH2: the server keeps challenging")
                 self._writer.write(b"\r\n")
                 await self._writer.drain()
                 continue
@@ -310,11 +344,26 @@ class ImapSession:
             )
         return out
 
-    async def examine(self, name: str) -> MailboxState:
-        """Open a folder read-only. With CONDSTORE the server reports HIGHESTMODSEQ."""
+    async def enable(self, *extensions: str) -> frozenset[str]:
+        """ENABLE (RFC 5161) the offered ones among `extensions`; returns what the server enabled."""
+        wanted = [e for e in extensions if e.upper() in self.capabilities]
+        if not wanted or "ENABLE" not in self.capabilities:
+            return self.enabled
+        res = await self._command("ENABLE " + " ".join(wanted))
+        for u in res.untagged:
+            if u.kind == "ENABLED":
+                self.enabled |= {str(v).upper() for v in u.values if isinstance(v, str)}
+        return self.enabled
+
+    async def examine(self, name: str, qresync: tuple[int, int] | None = None) -> MailboxState:
+        """Open a folder read-only. With CONDSTORE the server reports HIGHESTMODSEQ; with QRESYNC
+        enabled and `qresync` = (known UIDVALIDITY, known HIGHESTMODSEQ), also what vanished since."""
         condstore = "CONDSTORE" in self.capabilities
         arg = quote(encode_mailbox(name))
-        res = await self._command(b"EXAMINE " + arg + (b" (CONDSTORE)" if condstore else b""))
+        param = b" (CONDSTORE)" if condstore else b""
+        if qresync is not None and "QRESYNC" in self.enabled and qresync[0] > 0 and qresync[1] > 0:
+            param = b" (QRESYNC (%d %d))" % qresync
+        res = await self._command(b"EXAMINE " + arg + param)
         uidvalidity = uidnext = exists = 0
         modseq: int | None = None
         for u in res.untagged:
@@ -331,8 +380,15 @@ class ImapSession:
                     modseq = None
         if not uidvalidity:
             raise ProtocolError(f"EXAMINE {name!r} did not report UIDVALIDITY")
+        if not all(in_range(v, bits=32) for v in (uidvalidity, uidnext, exists)) or not in_range(
+            modseq, bits=63
+        ):
+            raise ProtocolError(f"EXAMINE {name!r} reported numbers out of range")
         self.selected = name
-        return MailboxState(name, uidvalidity, uidnext, exists, modseq)
+        gone = None
+        if param.startswith(b" (QRESYNC") and qresync is not None and uidvalidity == qresync[0]:
+            gone = _vanished(res.untagged)
+        return MailboxState(name, uidvalidity, uidnext, exists, modseq, gone)
 
     async def uid_search(self, criteria: str) -> list[int]:
         res = await self._command(f"UID SEARCH {criteria}")
@@ -429,6 +485,15 @@ class ImapSession:
     def _note(self, u: Untagged) -> None:
         if u.kind in WAKE_KINDS:
             self.unsolicited.append(u)
+
+
+def _vanished(untagged: list[Untagged]) -> Vanished | None:
+    """The VANISHED (EARLIER) answers of an EXAMINE with QRESYNC, merged; None when unusable (the
+    caller then compares UID sets)."""
+    try:
+        return merge([parse_vanished(u) for u in untagged if u.kind == "VANISHED"])
+    except ProtocolError:
+        return None
 
 
 def _caps(values: list[Value]) -> frozenset[str]:

@@ -48,6 +48,15 @@ def analyze(raw: bytes) -> BodyInfo:
     except Exception as exc:  # the stdlib parser is lenient; anything else is a defect to record
         info.parse_errors.append(f"unparseable MIME: {type(exc).__name__}")
         return info
+    try:
+        _walk(msg, info)
+    except Exception as exc:  # e.g. RecursionError walking absurdly deep nesting: keep what was found
+        info.parse_errors.append(f"unparseable MIME: {type(exc).__name__}")
+    info.parse_errors = sorted(set(info.parse_errors))
+    return info
+
+
+def _walk(msg: Message, info: BodyInfo) -> None:
     for part in msg.walk():
         info.parse_errors += [type(d).__name__ for d in part.defects]
         if part.is_multipart():
@@ -66,8 +75,6 @@ def analyze(raw: bytes) -> BodyInfo:
             )
         elif info.snippet is None and part.get_content_type() == "text/plain":
             info.snippet = " ".join(_text(part).split())[:SNIPPET_CHARS] or None
-    info.parse_errors = sorted(set(info.parse_errors))
-    return info
 
 
 class BodyStore:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -17,8 +18,8 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, Literal
 
 from contracts.common import Address, MessageRef
-from contracts.messages import MessageReceived, MessageReceivedData
-from mailsync.dsn import CLASSIFICATION_HEADERS
+from contracts.messages import DeliveryReport, MessageReceived, MessageReceivedData
+from mailsync.dsn import CLASSIFICATION_HEADERS, delivery_report
 from services.fetcher.imap.protocol import Value
 
 _PARSER = BytesHeaderParser(policy=compat32)
@@ -41,6 +42,7 @@ class FolderContext:
     own_addresses: frozenset[str]
     is_sent: bool = False
     sharing: Literal["private", "metadata", "subject", "full"] = "private"
+    resync_id: str | None = None  # set while the inbox's mail is re-announced by a resync
 
     def doc_id(self, message_key: str) -> str:
         return f"{self.tenant_id}:{self.inbox_id}:{self.folder}:{message_key}"
@@ -63,9 +65,9 @@ def parse_internaldate(text: str) -> datetime | None:
         sign = -1 if zone[0] == "-" else 1
         offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5])) * sign
         dt = datetime(int(year), _MONTHS[mon.title()], int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
-    except (ValueError, KeyError, IndexError):
+        return dt - offset
+    except (ValueError, KeyError, IndexError, OverflowError):  # OverflowError: past year 9999 in UTC
         return None
-    return dt - offset
 
 
 class FetchedMessage:
@@ -202,7 +204,10 @@ def parse_date(value: str | None) -> datetime | None:
         return None
     if dt is None:
         return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    try:
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    except (OverflowError, ValueError):  # e.g. 31 Dec 9999 23:59 -1200 is past year 9999 in UTC
+        return None
 
 
 def message_key(msg: FetchedMessage) -> str:
@@ -245,11 +250,86 @@ def direction(ctx: FolderContext, sender: list[Address]) -> Literal["inbound", "
     return "inbound"
 
 
+# Fields RFC 5322 allows at most once; a second copy marks a broken (or forged) message.
+_SINGLE_FIELDS = (
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "subject",
+    "date",
+)
+
+
+def header_problems(msg: FetchedMessage) -> list[str]:
+    """Stable short codes for what is malformed in the header block; empty for well-formed mail.
+
+    The event still carries what could be read; these codes go to `parse_errors` so a consumer can
+    tell "no Date" from "a Date nobody can read". The raw bytes are stored with the body either way.
+    """
+    raw = msg.header_bytes
+    out: set[str] = set()
+    if not raw.strip():
+        out.add("header.empty")
+    if b"\x00" in raw:
+        out.add("header.nul_byte")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        out.add("header.not_utf8")
+    out.update(f"header.{type(d).__name__}" for d in msg.headers.defects)
+    out.update(f"header.duplicate.{name}" for name in _SINGLE_FIELDS if len(msg.header_all(name)) > 1)
+    date = msg.header("Date")
+    if date is not None and date.strip() and parse_date(date) is None:
+        out.add("date.invalid")
+    return sorted(out)
+
+
 def received_event(
     ctx: FolderContext, msg: FetchedMessage, *, history: bool, key: str | None = None
 ) -> MessageReceived:
-    h = msg
+    """The message's `message received` event. Never raises over the message's content: a header block
+    that cannot become a full event still yields one (addresses and subject left out, `parse_errors`
+    naming the failure), so the message is stored and announced instead of stalling its folder."""
     key = key or message_key(msg)
+    try:
+        return _received_event(ctx, msg, history=history, key=key)
+    except Exception as exc:  # any content-driven failure becomes a flag, not a stall
+        return _minimal_event(
+            ctx, msg, history=history, key=key, error=f"event.unbuildable.{type(exc).__name__}"
+        )
+
+
+def _minimal_event(
+    ctx: FolderContext, msg: FetchedMessage, *, history: bool, key: str, error: str
+) -> MessageReceived:
+    data = MessageReceivedData(
+        ref=MessageRef(message_key=key, folder=ctx.folder, uidvalidity=ctx.uidvalidity, uid=msg.uid),
+        history=history,
+        direction="outbound" if ctx.is_sent else "inbound",
+        internal_date=msg.internal_date,
+        size=max(0, msg.size),
+        flags=msg.flags,
+        parse_errors=[error],
+        resync_id=ctx.resync_id if history else None,
+    )
+    return MessageReceived.build(
+        data=data,
+        tenant_id=ctx.tenant_id,
+        inbox_id=ctx.inbox_id,
+        source=ctx.source,
+        subject=key,
+        time=msg.internal_date,
+    )
+
+
+def _received_event(ctx: FolderContext, msg: FetchedMessage, *, history: bool, key: str) -> MessageReceived:
+    h = msg
     sender = addresses(h, "From")
     mid_list = message_ids(msg.header("Message-ID"))
     subject = None if ctx.sharing == "metadata" else decode_words(msg.header("Subject"))
@@ -282,6 +362,9 @@ def received_event(
         body_stored=False,
         content_type=" ".join(raw_ctype.split()) or None,
         headers=selected_headers(msg),
+        parse_errors=header_problems(msg),
+        resync_id=ctx.resync_id if history else None,
+        delivery_report=report_of(msg) if ctype.startswith("multipart/report") else None,
     )
     return MessageReceived.build(
         data=data,
@@ -291,6 +374,26 @@ def received_event(
         subject=key,
         time=msg.internal_date or data.date,
     )
+
+
+REPORT_MAX_BYTES = 1024 * 1024  # DSNs are small; a bigger "report" is not worth fetching twice
+
+
+def is_report(msg: FetchedMessage) -> bool:
+    """A delivery report (multipart/report) small enough to parse when it arrives."""
+    ctype = (msg.header("Content-Type") or "").lower()
+    return ctype.startswith("multipart/report") and 0 <= msg.size <= REPORT_MAX_BYTES
+
+
+def report_of(msg: FetchedMessage) -> DeliveryReport | None:
+    """The parsed delivery-status part when the whole message was fetched (`BODY[]`), else None."""
+    raw = msg.items.get("BODY[]")
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return delivery_report(message_from_bytes(raw, policy=compat32))
+    except Exception:  # a malformed report must not cost the event; the raw mail is stored anyway
+        return None
 
 
 def message_document(ctx: FolderContext, event: MessageReceived, modseq: int) -> dict[str, Any]:
@@ -318,4 +421,5 @@ def message_document(ctx: FolderContext, event: MessageReceived, modseq: int) ->
         "body_stored": False,
         "deleted": False,
         "received_event_id": event.id,
+        "parse_errors": d.parse_errors,
     }
