@@ -7,6 +7,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -118,6 +119,26 @@ class EventPublisher:
         await asyncio.gather(*futures)
         for event in events:
             metrics.observe_produced(topic_of(event).name, event.type)
+
+    async def publish_grouped(
+        self, groups: Sequence[tuple[AbstractContextManager[Any], Sequence[Envelope[Any]]]]
+    ) -> None:
+        """`publish_all` for the events of many inputs at once: each group is sent inside its own context
+        (e.g. the span of the input that caused it, so traces survive batching), still pipelined and in
+        order, returning once Kafka acknowledged all of them."""
+        futures: list[asyncio.Future[Any]] = []
+        for context, events in groups:
+            with context:
+                for event in events:
+                    topic, key, body = self.route(event)
+                    fut = await self._broker.publish(
+                        body, topic.name, key=key, headers=self.headers(event), no_confirm=True
+                    )
+                    futures.append(fut)
+        await asyncio.gather(*futures)
+        for _, events in groups:
+            for event in events:
+                metrics.observe_produced(topic_of(event).name, event.type)
 
 
 DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: set on the topic itself

@@ -22,10 +22,35 @@ _LABEL = r"[A-Za-z0-9-]{1,63}"
 _PLAIN = re.compile(rf"\s*({_ATOM}(?:\.{_ATOM})*)@({_LABEL}(?:\.{_LABEL})*)\.?\s*")
 
 
+# Normalised forms of recently seen addresses (mail keeps naming the same people), per strip_plus flag.
+# Bounded: cleared when full, so a flood of one-off addresses cannot grow it without limit.
+CACHE_SIZE = 100_000
+_cache: tuple[dict[str, str], dict[str, str]] = ({}, {})
+
+
 def normalize(raw: str, *, strip_plus: bool = False) -> str:
     """`' "Ann" <Ann+crm@Bücher.example> '` → `ann+crm@xn--bcher-kva.example` (`ann@…` with strip_plus)."""
+    cache = _cache[strip_plus]
+    hit = cache.get(raw)
+    if hit is not None:
+        return hit
+    email = _normalize(raw, strip_plus)  # InvalidAddress propagates, and is not cached
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[raw] = email
+    return email
+
+
+def normalized_cache(*, strip_plus: bool = False) -> dict[str, str]:
+    """The cache itself (raw → normalised), for loops that look up many addresses; read-only for callers."""
+    return _cache[strip_plus]
+
+
+def _normalize(raw: str, strip_plus: bool) -> str:
     m = _PLAIN.fullmatch(raw)
     if m is not None:
+        if m.start(1) == 0 and m.end(2) == len(raw) and not (strip_plus and "+" in raw):
+            return raw.lower()  # exactly local@domain: lower-casing is all there is to do
         local = m.group(1).lower()
         if strip_plus and "+" in local:
             local = local.split("+", 1)[0]

@@ -20,6 +20,9 @@ from .addresses import normalize_all
 
 RECORDS = "crm_records"
 ADDRESSES = "crm_addresses"
+# One counter per tenant, bumped after every applied record change: a reader that cached a tenant's
+# directory knows whether it is still current with one read of a tiny collection.
+VERSIONS = "crm_directory_versions"
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Directory:
             },
             upsert=True,
         )
+        await self._bump(tenant)
         return change
 
     async def delete(self, event: CrmRecordDeleted) -> AddressChange | None:
@@ -151,7 +155,12 @@ class Directory:
             },
             upsert=True,
         )
+        await self._bump(tenant)
         return change
+
+    async def _bump(self, tenant: str) -> None:
+        # After every write of the change, before its relink (the caller's): MongoLinkStore caches by it.
+        await self._db[VERSIONS].update_one({"_id": tenant}, {"$inc": {"version": 1}}, upsert=True)
 
     async def _reindex(self, tenant: str, record_id: str, *, add: set[str], remove: set[str]) -> None:
         col = self._db[ADDRESSES]

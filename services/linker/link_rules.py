@@ -15,19 +15,19 @@ from dataclasses import dataclass, field
 from contracts.common import Address, RecordType
 from contracts.links import LinkRole, RecordLink
 
-from .addresses import InvalidAddress, normalize
+from .addresses import InvalidAddress, normalize, normalized_cache
 
 # Header → role, in the order roles are listed on a link.
 ROLE_ORDER: tuple[LinkRole, ...] = ("sender", "recipient", "cc", "bcc", "reply_to")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordRef:
     record_id: str
     record_type: RecordType
 
 
-@dataclass
+@dataclass(slots=True)
 class Participant:
     email: str
     name: str | None
@@ -48,12 +48,18 @@ def own_addresses(inbox_email: str | None, aliases: Iterable[str]) -> set[str]:
 def participants(by_role: Mapping[LinkRole, Sequence[Address]], own: set[str]) -> dict[str, Participant]:
     """Normalised participant → roles, the inbox's own addresses and malformed addresses left out."""
     out: dict[str, Participant] = {}
+    cached = normalized_cache()
     for role in ROLE_ORDER:
-        for addr in by_role.get(role, ()):
-            try:
-                email = normalize(addr.email)
-            except InvalidAddress:
-                continue
+        addrs = by_role.get(role)
+        if not addrs:
+            continue
+        for addr in addrs:
+            email = cached.get(addr.email)  # the hot path: an address seen before, no call at all
+            if email is None:
+                try:
+                    email = normalize(addr.email)
+                except InvalidAddress:
+                    continue
             if email in own:
                 continue
             p = out.get(email)
@@ -95,15 +101,20 @@ def compute_links(
             found = [*found, *directory[base]]
         if not found:
             continue
-        refs = {ref.record_id: ref for ref in reversed(found)}  # first occurrence wins
-        if len(refs) > 1:
-            ambiguous.append(email)
-        for ref in refs.values():
+        if len(found) == 1:
+            refs: Iterable[RecordRef] = found
+        else:
+            by_id = {ref.record_id: ref for ref in reversed(found)}  # first occurrence wins
+            if len(by_id) > 1:
+                ambiguous.append(email)
+            refs = by_id.values()
+        roles = parts[email].roles
+        for ref in refs:
             entry = by_record.get(ref.record_id)
             if entry is None:
-                by_record[ref.record_id] = (ref, email, set(parts[email].roles))
+                by_record[ref.record_id] = (ref, email, set(roles))
             else:
-                entry[2].update(parts[email].roles)
+                entry[2].update(roles)
     links = [
         RecordLink(
             record_id=rid,
@@ -120,7 +131,7 @@ def link_version(links: Sequence[RecordLink]) -> str:
     """Stable hash of a link set: independent of order, changes when any link or role changes."""
     # Unit separator between fields: record ids and addresses cannot contain it.
     canon = sorted(
-        f"{lk.record_id}\x1f{lk.record_type}\x1f{lk.email}\x1f{','.join(sorted(lk.roles))}" for lk in links
+        [f"{lk.record_id}\x1f{lk.record_type}\x1f{lk.email}\x1f{','.join(sorted(lk.roles))}" for lk in links]
     )
     return hashlib.sha256("\n".join(canon).encode()).hexdigest()[:32]
 

@@ -227,8 +227,13 @@ async def test_links_relinking_and_discovery(
     await producer(record(t, "ann", 1, "ann@example.com", "ann.private@home.example"))
     await producer(record(t, "bob", 1, "bob@example.com"))
     await producer(record(t, "bob-lead", 1, "bob@example.com"))
-    await eventually(lambda: db.crm_records.count_documents({"tenant_id": t}))
-    await eventually(lambda: db.crm_records.find_one({"_id": f"{t}:bob-lead"}))
+
+    # Records are keyed by id, so they may be applied in any order: wait for all three (a message linked
+    # before its record arrives is linked by the relink instead, with `link changed`).
+    async def directory_ready() -> bool:
+        return await db.crm_records.count_documents({"tenant_id": t}) >= 3
+
+    await eventually(directory_ready)
 
     # From a secondary address.
     await producer(message(t, "i1", "m1", frm="Ann <ANN.Private@Home.example>", to=["u1@corp.example"]))
@@ -414,6 +419,9 @@ async def test_query_api_tenants_and_sharing(service, kafka_bootstrap, producer,
     await add_inbox(db, other, "i0", "u1", sharing="full", shared_with=users)
     await producer(record(t, "ann", 1, "ann@example.com"))
     await producer(record(other, "ann", 1, "ann@example.com"))
+    # The directory first: messages linked before it would only be linked by the relink, later.
+    await eventually(lambda: db.crm_records.find_one({"_id": f"{t}:ann"}))
+    await eventually(lambda: db.crm_records.find_one({"_id": f"{other}:ann"}))
     keys = []
     for n in range(12):
         inbox = f"i{n % 5}"
