@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from contracts import Envelope, parse_event
 from contracts.errors import InputRejected, InputRejectedData
@@ -29,6 +29,9 @@ from .logs import scrub
 from .store import Document
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
+# A batch handler gets the valid events of one poll, in record order; it must be idempotent as a whole
+# (a failure redelivers the whole batch).
+BatchHandler = Callable[[list[Envelope[Any]]], Awaitable[None]]
 # Called after a record was rejected, with (raw record, topic, reason): lets a service answer in its own
 # terms too (the sender emits `send failed` for a malformed send command that names its idempotency key).
 RejectHook = Callable[[bytes, str, str], Awaitable[None]]
@@ -89,6 +92,66 @@ class EventConsumer:
         with contextlib.suppress(DuplicateKeyError):
             await processed.insert_one({"_id": marker, "at": datetime.now(UTC), "type": event.type})
         return "handled"
+
+    async def process_batch(
+        self, records: Sequence[Any], *, handler: BatchHandler, dedupe: bool = True
+    ) -> list[tuple[str, str | None]]:
+        """Handle the records of one poll (aiokafka ConsumerRecords) with one handler call.
+
+        Returns (outcome, event type) per record. Invalid records are rejected one by one as in
+        `process`. With `dedupe`, event ids this consumer processed are skipped (one lookup by id
+        each, run together) and the batch's ids are recorded in one write afterwards; a handler that
+        is idempotent by its own keys passes `dedupe=False` and saves those round trips.
+        """
+        results: list[tuple[str, str | None]] = []
+        events: list[tuple[int, Envelope[Any]]] = []
+        for record in records:
+            raw = record.value or b""
+            try:
+                event = parse_event(raw, record.topic)
+            except (ValidationError, ValueError) as exc:
+                await self._reject(
+                    raw,
+                    exc,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                )
+                results.append(("rejected", None))
+                continue
+            events.append((len(results), event))
+            results.append(("handled", event.type))
+        processed = self._db[PROCESSED]
+        if dedupe and events:
+            seen = await asyncio.gather(
+                *(processed.find_one({"_id": f"{self.name}:{e.id}"}, {"_id": 1}) for _, e in events)
+            )
+            for (i, e), doc in zip(events, seen, strict=True):
+                if doc is not None:
+                    results[i] = ("duplicate", e.type)
+            events = [(i, e) for (i, e), doc in zip(events, seen, strict=True) if doc is None]
+        if not events:
+            return results
+        try:
+            await handler([e for _, e in events])
+        except Exception:
+            self.log.exception(
+                "batch handler failed; the batch will be redelivered", extra={"records": len(records)}
+            )
+            await asyncio.sleep(self._retry_delay)
+            raise
+        if dedupe:
+            now = datetime.now(UTC)
+            markers = {f"{self.name}:{e.id}": e.type for _, e in events}  # a batch may repeat an id
+            try:
+                await processed.insert_many(
+                    [{"_id": k, "at": now, "type": t} for k, t in markers.items()], ordered=False
+                )
+            except BulkWriteError as exc:  # duplicates (a concurrent redelivery) are fine
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+        return results
 
     async def _reject(
         self, raw: bytes, exc: Exception, *, topic: str, partition: int, offset: int, key: bytes | None

@@ -28,7 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from contracts import TOPICS_BY_NAME, Envelope, Topic
 
 from . import logs, metrics, store, tracing
-from .consumer import EventConsumer, Handler
+from .consumer import BatchHandler, EventConsumer, Handler
 from .kafka import EventPublisher, KafkaStartupError, check_connection, make_broker
 from .settings import ServiceSettings
 from .store import Document
@@ -53,10 +53,16 @@ class Runtime:
     http_routes: list[tuple[str, Any]] = field(default_factory=list)
     # Run before each /metrics scrape to refresh state gauges (see mailsync.metrics.Collector).
     metrics_collectors: list[metrics.Collector] = field(default_factory=list)
+    # For a service's own spans (no-op when tracing is off); see `traced`.
+    tracer: Any = field(default_factory=lambda: tracing.tracer(None))
 
     @property
     def source(self) -> str:
         return f"/mailsync/{self.settings.service_name}"
+
+    def traced(self, name: str, handler: Handler) -> Handler:
+        """`handler` inside a span `name`, a child of the record's consume span (e.g. "link message")."""
+        return tracing.traced(self.tracer, name, handler)
 
     def subscribe(self, topic_name: str, handler: Handler) -> None:
         """Consume a registry topic in this service's group; at-least-once, idempotent, never crashing."""
@@ -97,6 +103,54 @@ class Runtime:
             metrics.observe_consumed(record.topic, _event_type(topic, seen, record.headers), outcome, started)
             metrics.observe_lag(msg.consumer, record.topic, record.partition, record.offset)
 
+    def subscribe_batch(
+        self,
+        topic_name: str,
+        handler: BatchHandler,
+        *,
+        max_records: int = 200,
+        batch_timeout_ms: int = 50,
+        dedupe: bool = True,
+    ) -> None:
+        """Like `subscribe`, but the valid events of one poll (up to `max_records`) go to one handler
+        call: one database round trip per batch instead of several per record. The handler must be
+        idempotent for the whole batch (a failure redelivers all of it); see `process_batch`."""
+        topic = TOPICS_BY_NAME[topic_name]
+        consumer = self.consumer
+
+        @self.broker.subscriber(
+            topic.name,
+            group_id=self.settings.consumer_group(),
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            title=f"{self.settings.service_name}:{topic.name}:batch",
+            batch=True,
+            max_records=max_records,
+            batch_timeout_ms=batch_timeout_ms,
+        )
+        async def _consume_batch(msg: KafkaMessage) -> None:
+            records = msg.raw_message
+            if not isinstance(records, tuple) or not records:
+                return
+            started = time.perf_counter()
+            try:
+                # One span per record under its producer's span, so a message's trace survives batching.
+                with tracing.record_spans(self.tracer, records):
+                    results = await consumer.process_batch(records, handler=handler, dedupe=dedupe)
+            except Exception:
+                for record in records:
+                    metrics.observe_consumed(
+                        record.topic, _event_type(topic, [], record.headers), "failed", started
+                    )
+                raise
+            for record, (outcome, event_type) in zip(records, results, strict=True):
+                seen = [event_type] if event_type else []
+                metrics.observe_consumed(
+                    record.topic, _event_type(topic, seen, record.headers), outcome, started
+                )
+            last = records[-1]
+            metrics.observe_lag(msg.consumer, last.topic, last.partition, last.offset)
+
 
 def _event_type(topic: Topic, seen: list[str], headers: Any) -> str:
     """Metric label for a record: the parsed type, else a registry type named by its `ce_type` header.
@@ -127,6 +181,7 @@ def build(
         settings.service_name, db, publisher, source=source, tenant_default=settings.tenant_default
     )
     rt = Runtime(settings, broker, publisher, mongo, db, log, consumer)
+    rt.tracer = tracing.tracer(tracer_provider)
     setup(rt)
 
     @get(include_in_schema=False)

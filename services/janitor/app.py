@@ -8,6 +8,7 @@ import os
 import socket
 from datetime import timedelta
 
+from mailsync import metrics
 from mailsync.service import Runtime
 
 from .activity import ActivityClock
@@ -65,6 +66,7 @@ def setup(rt: Runtime) -> None:
         while True:
             try:
                 stats = await sweeper.sweep()
+                metrics.observe_sweep(stats)
                 if stats.actions or stats.purged_documents:
                     rt.log.info(
                         "sweep acted",
@@ -76,6 +78,7 @@ def setup(rt: Runtime) -> None:
                         },
                     )
             except Exception:
+                metrics.observe_sweep(None)
                 rt.log.exception("sweep failed; the next one resumes it")
             await asyncio.sleep(settings.janitor_sweep_interval_seconds)
 

@@ -15,6 +15,7 @@ back to one full scan.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -83,8 +84,10 @@ class Schedule:
 
     async def members(self, first_hour: int, last_hour: int) -> set[str]:
         found: set[str] = set()
-        for hour in range(first_hour, last_hour + 1):
-            doc = await self._db[SCHEDULE].find_one({"_id": bucket_id(hour)})
+        docs = await asyncio.gather(
+            *(self._db[SCHEDULE].find_one({"_id": bucket_id(h)}) for h in range(first_hour, last_hour + 1))
+        )
+        for doc in docs:
             if doc:
                 found.update(doc.get("m", []))
         return found

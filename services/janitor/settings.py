@@ -30,10 +30,11 @@ class JanitorSettings(ServiceSettings):
         description="Collections holding an inbox's stored data, keyed by tenant_id + inbox_id.",
     )
     janitor_incremental: bool = Field(
-        default=False,
+        default=True,
         description=(
-            "Sweep only what the hourly schedule lists as due (O(due) reads by `_id`). Worth it on MongoDB;"
-            " on FerretDB v1 every `_id` lookup scans the table, so one pass over all inboxes is faster."
+            "Sweep only what the hourly schedule lists as due (O(due) reads by `_id`); the first sweep, a"
+            " change of thresholds or a long gap makes one full pass. On FerretDB v1 this needs the"
+            " _id-index patch deploy/local/ferretdb.sh builds in (unpatched, each `_id` lookup scans)."
         ),
     )
     janitor_instance_id: str | None = Field(default=None, description="Lease owner; default host:pid.")

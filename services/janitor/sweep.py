@@ -21,6 +21,7 @@ outbox. Publishing and applying it are idempotent, and an unfinished claim is re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from .schedule import SCHEDULE, Schedule, bucket_id, fingerprint, hour_of
 log = logging.getLogger("mailsync.janitor.sweep")
 
 ACTIONS = "janitor_actions"
+LOOKUPS_IN_FLIGHT = 32  # concurrent `_id` lookups of an incremental sweep
+DEACTIVATIONS_IN_FLIGHT = 8  # inboxes deactivated (claimed, announced, purged) at once
 DUPLICATE_KEY = 11000
 
 FIELDS = {
@@ -153,19 +156,24 @@ class Sweeper:
         # Read the candidates first, act afterwards: writes while FerretDB streams a pass slow it down.
         candidates = [doc async for doc in docs]
         warnings: list[tuple[Document, Decision]] = []
+        deactivations: list[tuple[Document, Document | None, Decision]] = []
         renewed = now
         for doc in candidates:
             stats.examined += 1
             if stats.examined % self._batch_size == 0:
                 await self._warn_all(warnings, now, stats)
+                await self._deactivate_all(deactivations, now, stats)
             if self._clock.now() - renewed >= self._lease.ttl / 3:
                 renewed = self._clock.now()
                 if not await self._lease.acquire(renewed):
                     stats.lost_lease = True
                     log.warning("lost the sweep lease; stopping this sweep")
                     return stats
-            await self._consider(doc, open_cases.get(doc["_id"]), now, stats, warnings)
+            await self._consider(
+                doc, open_cases.get(doc["_id"]), now, stats, warnings, deactivations=deactivations
+            )
         await self._warn_all(warnings, now, stats)
+        await self._deactivate_all(deactivations, now, stats)
         if self._schedule is not None:
             if incremental and cp is not None:
                 await self._schedule.forget(cp["hour"] - 1, now_hour - 1)
@@ -200,20 +208,38 @@ class Sweeper:
         """The inboxes named in the schedule's buckets for these hours, and those with a warning."""
         assert self._schedule is not None
         keys: set[str] = set(warned)
+        users: list[str] = []
         for member in await self._schedule.members(first_hour, last_hour):
             kind, ident = member[:2], member[2:]
             if kind == "i:":
                 keys.add(ident)
             elif kind == "u:":
-                user = await self._db[USER_ACTIVITY].find_one({"_id": ident}, {"inboxes": 1, "tenant_id": 1})
-                if user:
-                    keys.update(f"{user['tenant_id']}:{inbox}" for inbox in user.get("inboxes", []))
-        for ident in sorted(keys):
-            doc = await self._db[INBOX_ACTIVITY].find_one(
-                {"_id": ident}, FIELDS | {"tracked": 1, "removed": 1}
+                users.append(ident)
+        # Lookups by `_id` only, several in flight: each is an index lookup, also on FerretDB v1 when
+        # built with deploy/local/ferretdb.sh's _id-index patch.
+        for user in await self._by_id(USER_ACTIVITY, sorted(users), {"inboxes": 1, "tenant_id": 1}):
+            if user:
+                keys.update(f"{user['tenant_id']}:{inbox}" for inbox in user.get("inboxes", []))
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), self._batch_size):
+            chunk = ordered[start : start + self._batch_size]
+            for doc in await self._by_id(INBOX_ACTIVITY, chunk, FIELDS | {"tracked": 1, "removed": 1}):
+                if doc and doc.get("tracked") and not doc.get("removed"):
+                    yield doc
+
+    async def _by_id(
+        self, collection: str, ids: list[str], projection: dict[str, int]
+    ) -> list[Document | None]:
+        """Documents by `_id`, in order, `LOOKUPS_IN_FLIGHT` lookups at a time."""
+        found: list[Document | None] = []
+        for start in range(0, len(ids), LOOKUPS_IN_FLIGHT):
+            found += await asyncio.gather(
+                *(
+                    self._db[collection].find_one({"_id": ident}, projection)
+                    for ident in ids[start : start + LOOKUPS_IN_FLIGHT]
+                )
             )
-            if doc and doc.get("tracked") and not doc.get("removed"):
-                yield doc
+        return found
 
     async def _finish_pending(self, open_cases: dict[str, Document], stats: SweepStats) -> None:
         """Finish what an interrupted sweep left: unpublished outboxes, claimed actions, deletions."""
@@ -236,6 +262,8 @@ class Sweeper:
         now: datetime,
         stats: SweepStats,
         warnings: list[tuple[Document, Decision]],
+        *,
+        deactivations: list[tuple[Document, Document | None, Decision]],
     ) -> None:
         if case_doc is not None and case_doc.get("generation", 0) < doc.get("generation", 0):
             return  # a case of an earlier generation; the reactivation handler closes it
@@ -253,7 +281,7 @@ class Sweeper:
         if decision.action == "warn":
             warnings.append((doc, decision))  # sent in bulk at the end of the batch
         elif decision.action == "deactivate":
-            await self._deactivate(doc, case_doc, decision, now, stats)
+            deactivations.append((doc, case_doc, decision))  # run together at the end of the batch
 
     def _envelope(self, doc: Document, event_cls: Any, data: Any, now: datetime) -> Envelope[Any]:
         built: Envelope[Any] = event_cls.build(
@@ -308,6 +336,28 @@ class Sweeper:
         await self.cases.update_many({"_id": {"$in": [c["_id"] for c in won]}}, {"$set": {"outbox": []}})
         stats.warned += len(won)
         stats.actions += [(c["_id"], "warn") for c in won]
+
+    async def _deactivate_all(
+        self,
+        deactivations: list[tuple[Document, Document | None, Decision]],
+        now: datetime,
+        stats: SweepStats,
+    ) -> None:
+        """The batch's deactivations, `DEACTIVATIONS_IN_FLIGHT` at a time (each inbox's own claim,
+        event and purge; they touch different inboxes). A failure stops the sweep once the others in
+        flight have finished; what it left is finished by the next sweep."""
+        todo, deactivations[:] = list(deactivations), []
+        for start in range(0, len(todo), DEACTIVATIONS_IN_FLIGHT):
+            results = await asyncio.gather(
+                *(
+                    self._deactivate(doc, case, d, now, stats)
+                    for doc, case, d in todo[start : start + DEACTIVATIONS_IN_FLIGHT]
+                ),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     async def _claim(
         self, action_id: str, case_id: str, kind: str, event: Envelope[Any], **change: Any

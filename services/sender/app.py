@@ -49,8 +49,14 @@ def setup(rt: Runtime) -> None:
         http=http,
     )
     outbox = Outbox(rt.db, rt.publisher, rt.source, wake=delivery.wake, inbox_lookup=delivery.inbox_doc)
-    rt.subscribe("mailsync.send.commands.v1", outbox.apply)
-    rt.subscribe("mailsync.messages.v1", ReplyIndex(rt.db).apply)
+    # Batched intake: a poll's commands cost a few writes together. Both handlers are idempotent by
+    # their own keys (idempotency key, message key), so no per-event markers are written.
+    batch = settings.sender_intake_batch_size
+    rt.subscribe_batch("mailsync.send.commands.v1", outbox.apply_batch, max_records=batch, dedupe=False)
+    if settings.sender_reply_index_enabled:
+        rt.subscribe_batch(
+            "mailsync.messages.v1", ReplyIndex(rt.db).apply_batch, max_records=batch, dedupe=False
+        )
     rt.consumer.reject_hooks.append(outbox.on_rejected)
     rt.startup_hooks.append(delivery.start)
 

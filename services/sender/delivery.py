@@ -47,6 +47,7 @@ from contracts.sending import (
     SentCopyStored,
     SentCopyStoredData,
 )
+from mailsync import metrics
 from mailsync.credentials import CredentialKeyError, DecryptionError, Keyring
 from mailsync.inbox_record import InboxRecord
 from mailsync.kafka import EventPublisher
@@ -74,6 +75,8 @@ REPLY_CONTEXT = "reply_context"
 INBOXES = "inboxes"
 
 INBOX_CACHE_SECONDS = 3.0
+FLUSH_BATCH = 64  # finished queue entries dropped together
+FLUSH_SECONDS = 0.5  # ... or after this long
 DUPLICATE_KEY = 11000
 
 log = logging.getLogger("mailsync.sender.delivery")
@@ -200,6 +203,7 @@ class Delivery:
         self._stopping = False
         self._inbox_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._finished: list[str] = []
+        self._flush_due = 0.0
         self._journal = GroupCommit(self._write_journal)
         self._outcomes = GroupCommit(self._write_outcomes)
 
@@ -239,12 +243,20 @@ class Delivery:
         # Only now may the queue entries go: a crash before this finds no outcome and resumes.
         self._finished.extend(d["_id"] for d in docs)
 
-    async def _flush_finished(self) -> None:
-        """Drop finished queue documents in one write (each delete scans the queue on FerretDB)."""
+    async def _flush_finished(self, *, force: bool = True) -> None:
+        """Drop finished queue documents in one write (each delete scans the queue on FerretDB).
+
+        Unforced, it waits for a batch or a short while: a finished entry left a little longer holds
+        its lease and has its outcome stored, so nobody takes it up again meanwhile."""
         if not self._finished:
             return
+        if not force and len(self._finished) < FLUSH_BATCH and time.monotonic() < self._flush_due:
+            return
+        self._flush_due = time.monotonic() + FLUSH_SECONDS
         ids, self._finished = self._finished, []
         try:
+            # One `$in` delete per batch: one scan of the queue on FerretDB v1 (per-`_id` deletes are
+            # index lookups only with deploy/local/ferretdb.sh's _id patch, a scan each without it).
             await self._db[SEND_QUEUE].delete_many({"_id": {"$in": ids}})
         except Exception:
             self._finished.extend(ids)
@@ -258,7 +270,7 @@ class Delivery:
             self._wake.clear()
             claimed: list[tuple[dict[str, Any], str]] = []
             try:
-                await self._flush_finished()
+                await self._flush_finished(force=not self._inflight)
             except Exception:
                 log.exception("dropping finished queue entries failed; retrying")
             if not backlog and len(self._inflight) < self._s.sender_concurrency:
@@ -580,6 +592,7 @@ class Delivery:
                 record, self._login_source(record, "smtp"), w.cmd.from_.email.strip(), recipients, raw
             )
         except OutcomeUnknown as exc:
+            metrics.observe_smtp(None)  # no reply to the data came
             # The server may have the message: next time, search the Sent folder before resending.
             failure = classify_smtp(exc.cause)
             return await self._transient(w, failure, keep_status="sending")
@@ -605,11 +618,13 @@ class Delivery:
                 return True
             return await self._transient(w, Failure(True, error))
         except Exception as exc:  # every SMTP failure is classified; none escapes
+            metrics.observe_smtp(exc)
             failure = classify_smtp(exc)
             if failure.transient:
                 return await self._transient(w, failure)
             await self._fail(w, failure)
             return True
+        metrics.observe_smtp(result.response)
         return result
 
     async def _attempt(self, w: _Work) -> bool:
@@ -734,6 +749,7 @@ class Delivery:
                 subject=q["send_id"],
             )
             await self._publisher.publish(event)
+            metrics.observe_sent_copy("provider_filed")
             w.q.update({"copy_state": "stored", "copy": {"how": "provider_filed"}})
             return True
         record = await self._inbox(w)
@@ -811,6 +827,7 @@ class Delivery:
                 subject=q["send_id"],
             )
         )
+        metrics.observe_sent_copy(how)
         # Not stored separately: _finish records it; a crash before that searches and finds the copy.
         w.q.update(
             {
@@ -837,6 +854,7 @@ class Delivery:
             subject=w.q["send_id"],
         )
         await self._publisher.publish(event)
+        metrics.observe_sent_copy("retry" if will_retry else "failed")
         log.warning(
             "sent copy failed", extra={"key": w.q["_id"], "code": error.code, "will_retry": will_retry}
         )

@@ -4,6 +4,9 @@ A key seen before keeps its first record and outcome: a redelivered or repeated 
 twice (a finished one has its outcome announced again, with the same event ids). Refused commands get
 `send failed` at once. A malformed command that still names its idempotency key gets `send failed` too
 (besides the `mailsync.input.rejected` of the consumer path).
+
+The service takes commands a poll at a time (`apply_batch`: one insert for the requests, one for the
+queue entries, one publish for the refusals); `accept` is the same decision for one command.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from contracts import Envelope
 from contracts.common import ErrorInfo
@@ -25,7 +28,7 @@ from mailsync.outbound_ids import message_id_for, send_id_for
 from mailsync.store import Document
 
 from .admission import admit
-from .delivery import SEND_OUTCOMES, SEND_QUEUE, failed_events, sent_event
+from .delivery import DUPLICATE_KEY, SEND_OUTCOMES, SEND_QUEUE, failed_events, sent_event
 
 SEND_REQUESTS = "send_requests"
 INBOXES = "inboxes"  # owned by the fetcher; read-only here
@@ -35,6 +38,18 @@ EMBED_COMMAND_BYTES = 16 * 1024  # commands up to this size ride along in the qu
 
 def request_key(tenant_id: str, inbox_id: str, idempotency_key: str) -> str:
     return f"{tenant_id}:{inbox_id}:{idempotency_key}"
+
+
+async def _insert_many(collection: Any, docs: list[dict[str, Any]]) -> set[int]:
+    """Insert all; the indexes (into `docs`) of those whose _id existed already."""
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {int(e["index"]) for e in errors}
+    return set()
 
 
 def _domain(address: str) -> str:
@@ -93,23 +108,7 @@ class Outbox:
                 return  # accepted before: same outcome, no second send
             await self._refuse(tenant, inbox_id, key, cmd.idempotency_key, refusal.error)
             return
-        send_id = send_id_for(tenant, inbox_id, cmd.idempotency_key)
-        message_id = message_id_for(send_id, _domain(cmd.from_.email))
-        due = cmd.send_at or event.time
-        doc = {
-            "_id": key,
-            "tenant_id": tenant,
-            "inbox_id": inbox_id,
-            "idempotency_key": cmd.idempotency_key,
-            "event_id": event.id,
-            "command": cmd.model_dump(mode="json", by_alias=True),
-            "status": "queued",
-            "not_before": due,
-            "accepted_at": datetime.now(UTC),
-            "attempts": 0,
-            "send_id": send_id,
-            "message_id": message_id,
-        }
+        doc = self._request_doc(event, key)
         try:
             await self._db[SEND_REQUESTS].insert_one(doc)
         except DuplicateKeyError:
@@ -121,7 +120,102 @@ class Outbox:
             await self._db[SEND_REQUESTS].replace_one({"_id": key, "status": "refused"}, doc)
         await self._enqueue(doc)
 
-    async def _enqueue(self, doc: dict[str, Any]) -> None:
+    async def apply_batch(self, events: list[Envelope[Any]]) -> None:
+        """Many commands with a few writes: the same outcomes as `accept` for each, in order.
+
+        Idempotent as a whole (a redelivered batch finds its keys and announces again), so the
+        consumer needs no per-event markers. Each key's first record wins, as in `accept`.
+        """
+        commands = [e for e in events if isinstance(e, SendRequested)]
+        if not commands:
+            return
+        inboxes: dict[tuple[str, str], dict[str, Any] | None] = {}
+        for event in commands:
+            ident = (event.tenant_id, event.inbox_id or "")
+            if ident not in inboxes:
+                if self._inbox_lookup is not None:
+                    inboxes[ident] = await self._inbox_lookup(*ident)
+                else:
+                    inboxes[ident] = await self._db[INBOXES].find_one({"_id": f"{ident[0]}:{ident[1]}"})
+        admitted: list[dict[str, Any]] = []
+        refused: list[tuple[dict[str, Any], SendFailed]] = []
+        for event in commands:
+            tenant, inbox_id, cmd = event.tenant_id, event.inbox_id or "", event.data
+            key = request_key(tenant, inbox_id, cmd.idempotency_key)
+            refusal = admit(cmd, inboxes[(tenant, inbox_id)], inbox_id)
+            if refusal is None:
+                admitted.append(self._request_doc(event, key))
+                continue
+            doc = {"_id": key, "status": "refused", "error": refusal.error.model_dump()}
+            refused.append((doc, self._failed(tenant, inbox_id, cmd.idempotency_key, refusal.error)))
+        if refused:
+            await self._refuse_many(refused)
+        if admitted:
+            await self._admit_many(admitted)
+
+    def _request_doc(self, event: SendRequested, key: str) -> dict[str, Any]:
+        tenant, inbox_id, cmd = event.tenant_id, event.inbox_id or "", event.data
+        send_id = send_id_for(tenant, inbox_id, cmd.idempotency_key)
+        return {
+            "_id": key,
+            "tenant_id": tenant,
+            "inbox_id": inbox_id,
+            "idempotency_key": cmd.idempotency_key,
+            "event_id": event.id,
+            "command": cmd.model_dump(mode="json", by_alias=True),
+            "status": "queued",
+            "not_before": cmd.send_at or event.time,
+            "accepted_at": datetime.now(UTC),
+            "attempts": 0,
+            "send_id": send_id,
+            "message_id": message_id_for(send_id, _domain(cmd.from_.email)),
+        }
+
+    def _failed(self, tenant: str, inbox_id: str, idem: str, error: ErrorInfo) -> SendFailed:
+        return SendFailed.build(
+            data=SendFailedData(idempotency_key=idem, permanent=True, attempts=0, error=error),
+            tenant_id=tenant,
+            inbox_id=inbox_id,
+            source=self._source,
+            subject=idem,
+        )
+
+    async def _refuse_many(self, refused: list[tuple[dict[str, Any], SendFailed]]) -> None:
+        duplicates = await _insert_many(self._db[SEND_REQUESTS], [doc for doc, _ in refused])
+        fresh: list[Envelope[Any]] = []
+        for i, (doc, failed) in enumerate(refused):
+            if i not in duplicates:
+                fresh.append(failed)
+                continue
+            existing = await self._db[SEND_REQUESTS].find_one({"_id": doc["_id"]}, {"status": 1})
+            if existing is not None and existing["status"] != "refused":
+                await self._announce_again(doc["_id"])  # accepted before: same outcome, no second send
+                continue
+            fresh.append(failed)
+            await self._db[SEND_REQUESTS].update_one(
+                {"_id": doc["_id"], "status": "refused"}, {"$set": {"error": doc["error"]}}
+            )
+        await self._publisher.publish_all(fresh)
+
+    async def _admit_many(self, docs: list[dict[str, Any]]) -> None:
+        duplicates = await _insert_many(self._db[SEND_REQUESTS], docs)
+        fresh = [doc for i, doc in enumerate(docs) if i not in duplicates]
+        if fresh:
+            # Queued before the duplicates are looked at: a key repeated within the batch then finds
+            # its queue entry in place.
+            await _insert_many(self._db[SEND_QUEUE], [self._queue_doc(doc) for doc in fresh])
+            self._wake()
+        for i in sorted(duplicates):
+            doc = docs[i]
+            existing = await self._db[SEND_REQUESTS].find_one({"_id": doc["_id"]}, {"status": 1})
+            if existing is None or existing["status"] != "refused":
+                await self._announce_again(doc["_id"])  # one record, one send
+                continue
+            # Refused before (e.g. the alias was added since): admitted now.
+            await self._db[SEND_REQUESTS].replace_one({"_id": doc["_id"], "status": "refused"}, doc)
+            await self._enqueue(doc)
+
+    def _queue_doc(self, doc: dict[str, Any]) -> dict[str, Any]:
         queued = {
             "_id": doc["_id"],
             "tenant_id": doc["tenant_id"],
@@ -135,6 +229,10 @@ class Outbox:
         }
         if len(json.dumps(doc["command"])) <= EMBED_COMMAND_BYTES:
             queued["command"] = doc["command"]
+        return queued
+
+    async def _enqueue(self, doc: dict[str, Any]) -> None:
+        queued = self._queue_doc(doc)
         try:
             await self._db[SEND_QUEUE].insert_one(queued)
         except DuplicateKeyError:
@@ -145,6 +243,20 @@ class Outbox:
         """A finished request's outcome, published again (same ids: consumers dedupe)."""
         outcome = await self._db[SEND_OUTCOMES].find_one({"_id": key})
         req = await self._db[SEND_REQUESTS].find_one({"_id": key})
+        if outcome is None and req is not None and req.get("status") == "queued":
+            # Still in progress, or the process died between the request insert and the queue insert
+            # (found by `make chaos`: the redelivered command then never got sent). Restore the queue
+            # entry as `sending` (intent unknown), not `queued`: the entry may have finished since the
+            # outcome was read, and a `sending` entry is checked against the outcome, the journal and
+            # the Sent folder before any SMTP (`queued` would be sent straight away: a duplicate).
+            queued = self._queue_doc(req)
+            queued["status"] = "sending"
+            try:
+                await self._db[SEND_QUEUE].insert_one(queued)
+            except DuplicateKeyError:
+                return  # in progress: its events come when it finishes
+            self._wake()
+            return
         if outcome is None or req is None:
             return  # still in progress: its events come when it finishes
         cmd = SendRequestedData.model_validate(req["command"])

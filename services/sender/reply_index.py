@@ -10,13 +10,13 @@ import contextlib
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from contracts import Envelope
 from contracts.messages import MessageReceived
 from mailsync.store import Document
 
-from .delivery import REPLY_CONTEXT
+from .delivery import DUPLICATE_KEY, REPLY_CONTEXT
 
 
 def _bracket(mid: str) -> str:
@@ -28,16 +28,32 @@ class ReplyIndex:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
 
-    async def apply(self, event: Envelope[Any]) -> None:
-        if not isinstance(event, MessageReceived) or not event.data.message_id:
+    async def apply_batch(self, events: list[Envelope[Any]]) -> None:
+        """One insert for a poll's worth of messages; entries indexed before stay as they are."""
+        docs = {d["_id"]: d for d in map(self._doc, events) if d is not None}
+        if not docs:
             return
+        try:
+            await self._db[REPLY_CONTEXT].insert_many(list(docs.values()), ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def apply(self, event: Envelope[Any]) -> None:
+        doc = self._doc(event)
+        if doc is not None:
+            with contextlib.suppress(DuplicateKeyError):
+                await self._db[REPLY_CONTEXT].insert_one(doc)
+
+    @staticmethod
+    def _doc(event: Envelope[Any]) -> dict[str, Any] | None:
+        if not isinstance(event, MessageReceived) or not event.data.message_id:
+            return None
         data = event.data
         assert data.message_id is not None
-        doc = {
+        return {
             "_id": f"{event.tenant_id}:{event.inbox_id}:{data.ref.message_key}",
             "message_id": _bracket(data.message_id),
             "references": [_bracket(r) for r in data.references][-20:],
             "subject": data.subject,
         }
-        with contextlib.suppress(DuplicateKeyError):
-            await self._db[REPLY_CONTEXT].insert_one(doc)

@@ -14,7 +14,20 @@ class SenderSettings(ServiceSettings):
     http_port: int = Field(default=8083, ge=0, le=65535)
 
     # Delivery loop
-    sender_concurrency: int = Field(default=16, ge=1, le=256, description="Sends in flight per process.")
+    sender_concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="Sends in flight per process (cheap tasks; each inbox's SMTP/IMAP limits still apply).",
+    )
+    sender_intake_batch_size: int = Field(
+        default=200, ge=1, le=5000, description="Send commands (and synced messages) taken per poll."
+    )
+    sender_reply_index_enabled: bool = Field(
+        default=True,
+        description="Index synced messages (mailsync.messages.v1) for replies' In-Reply-To/References; "
+        "off only where another sender replica of the same database does it.",
+    )
     sender_poll_interval_seconds: float = Field(default=0.5, gt=0, description="Idle poll of the outbox.")
     sender_lease_seconds: float = Field(
         default=300.0,
