@@ -15,6 +15,8 @@ help:
 	@echo "make status    what is running"
 	@echo "make images    build the four service images (needs Docker; IMAGE_REPO, IMAGE_TAG)"
 	@echo "make deploy-check  hadolint + helm lint + helm template | kubeconform -strict (pinned tools)"
+	@echo "make chaos     SIGKILLs + Kafka/FerretDB/Dovecot restarts under load on a private stack; RESULT lost=… duplicates=…"
+	@echo "make soak      10 min of steady traffic with RSS sampled per service; RESULT …slope_mb_per_min=…"
 
 install:
 	@$(LOCAL)/python.sh
@@ -75,11 +77,32 @@ bench-sync:
 	@$(LOCAL)/stack.sh up
 	$(VENV)/python bench/sync.py --messages $${MESSAGES:-100000}
 
+# P2 / P3 (issue #4): on a PRIVATE mail lab (/tmp/cb5, ports 41xxx, limits raised; bench/biglab.py) with
+# the shared Kafka and FerretDB. P2: delivery → `message received` on Kafka with 1,000 idle inboxes, against
+# Dovecot's own IDLE floor. P3: fetcher memory with IDLE_INBOXES idle inboxes (default 10,000).
+.PHONY: bench-latency bench-idle
+bench-latency:
+	@$(LOCAL)/python.sh
+	@$(LOCAL)/stack.sh up kafka ferretdb
+	$(VENV)/python bench/latency.py --inboxes $${INBOXES:-1000}
+
+bench-idle:
+	@$(LOCAL)/python.sh
+	@$(LOCAL)/stack.sh up kafka ferretdb
+	$(VENV)/python bench/idle.py --inboxes $${IDLE_INBOXES:-10000}
+
 # P5 (issue #5): linking against a directory of 1,000,000 addresses (500,000 records); pure CPU, no stack.
 .PHONY: bench-link
 bench-link:
 	@$(LOCAL)/python.sh
 	$(VENV)/python bench/link.py --addresses $${ADDRESSES:-1000000} --messages $${MESSAGES:-50000}
+
+# The real linker service on Kafka + FerretDB: batched consumption vs one record at a time (issue #5).
+.PHONY: bench-link-service
+bench-link-service:
+	@$(LOCAL)/python.sh
+	@$(LOCAL)/stack.sh up kafka ferretdb
+	$(VENV)/python bench/link_service.py --messages $${MESSAGES:-3000} --baseline-messages $${BASELINE_MESSAGES:-200}
 
 # P6 (issue #6): one sender process through the local Postfix, Sent-copy APPEND to Dovecot; target ≥ 100 msgs/s.
 .PHONY: bench-send
@@ -87,3 +110,16 @@ bench-send:
 	@$(LOCAL)/python.sh
 	@$(LOCAL)/stack.sh up
 	$(VENV)/python bench/send.py --messages $${MESSAGES:-1000} --baseline $${BASELINE:-200}
+
+# Issue #9: chaos run and soak on a PRIVATE stack instance (/tmp/cx resp. /tmp/cs, ports 24xxx/25xxx),
+# never the shared one; see docs/reliability.md. Sizes: CHAOS_MESSAGES, CHAOS_SENDS, CHAOS_KILLS, ...
+.PHONY: chaos soak
+chaos:
+	@$(LOCAL)/python.sh
+	@$(LOCAL)/stack.sh install
+	$(VENV)/python bench/chaos.py
+
+soak:
+	@$(LOCAL)/python.sh
+	@$(LOCAL)/stack.sh install
+	$(VENV)/python bench/soak.py

@@ -76,7 +76,7 @@ kafka_pid() {
   pid_alive "$PIDFILE" || return 1
   local pid
   pid=$(cat "$PIDFILE")
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $PROPS" || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "kafka.Kafka $PROPS" || return 1
   echo "$pid"
 }
 
@@ -84,7 +84,7 @@ kafka_pid() {
 stray_pids() {
   local d cmd
   for d in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$d/cmdline") || continue  # the process may be gone
     [[ $cmd == *" kafka.Kafka $PROPS "* ]] && echo "${d#/proc/}"
   done
   return 0
