@@ -30,6 +30,8 @@ class Payload(BaseModel):
 
     # Payload fields whose values, with type/tenant/inbox, make the event id.
     identity: ClassVar[tuple[str, ...]] = ()
+    # Fields that join the identity only when set (not None): adding one never changes existing ids.
+    identity_when_set: ClassVar[tuple[str, ...]] = ()
 
 
 P = TypeVar("P", bound=Payload)
@@ -52,6 +54,11 @@ def event_id(event_type: str, tenant_id: str, inbox_id: str | None, data: Payloa
         raise TypeError(msg)
     parts = [event_type, tenant_id, inbox_id or ""]
     parts += [f"{name}={_identity_part(getattr(data, name))}" for name in data.identity]
+    parts += [
+        f"{name}={_identity_part(getattr(data, name))}"
+        for name in data.identity_when_set
+        if getattr(data, name) is not None
+    ]
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, "\x1f".join(parts)))
 
 

@@ -33,6 +33,7 @@ class DeliveryReport(Payload):
 
 class MessageReceivedData(Payload):
     identity: ClassVar[tuple[str, ...]] = ("ref",)
+    identity_when_set: ClassVar[tuple[str, ...]] = ("resync_id",)
 
     ref: MessageRef
     history: bool = Field(
@@ -77,6 +78,12 @@ class MessageReceivedData(Payload):
     )
     delivery_report: DeliveryReport | None = Field(
         default=None, description="The parsed `message/delivery-status` part of a DSN (multipart/report)."
+    )
+    resync_id: str | None = Field(
+        default=None,
+        description="Set when a resync re-announces mail (after a reactivation, whose deactivation purged "
+        "the store, or a requested resync): part of the event id, so consumers that processed the first "
+        "announcement process this one too. None for a first announcement.",
     )
 
 

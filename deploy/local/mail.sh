@@ -4,6 +4,7 @@
 # and submission (STARTTLS + implicit TLS) with SASL through Dovecot. Runs as root.
 #
 #   deploy/local/mail.sh install | start | stop | status | reload | adduser EMAIL PASSWORD | deluser EMAIL | reset
+#   deploy/local/mail.sh addusers PASSWORD < emails   (bulk, for benchmarks)
 #
 # Config and state live under $MAILSYNC_STACK_DIR/mail/, rendered from deploy/local/mail/*.in.
 set -euo pipefail
@@ -42,7 +43,7 @@ DOVECOT_PORT_VARS=(IMAP_PORT IMAPS_PORT LMTP_PORT)
 POSTFIX_PORT_VARS=(SMTP_PORT SUBMISSION_PORT SUBMISSIONS_PORT)
 
 usage() {
-  echo "usage: $0 {install|start|stop|status|reload|adduser EMAIL PASSWORD|deluser EMAIL|reset}" >&2
+  echo "usage: $0 {install|start|stop|status|reload|adduser EMAIL PASSWORD|addusers PASSWORD <emails|deluser EMAIL|reset}" >&2
   exit 2
 }
 
@@ -541,6 +542,28 @@ cmd_adduser() {
   if [[ -n $old ]]; then say "mail: user $email: password changed"; else say "mail: user $email added"; fi
 }
 
+# Bulk add (benchmarks): every address read from stdin, one per line, gets PASSWORD; one hash and
+# one rewrite of the passwd-file for all of them. Existing users keep their line.
+cmd_addusers() {
+  [[ $# -eq 1 ]] || usage
+  local pw=$1 hash line email n=0
+  [[ -n $pw && $pw != *$'\n'* ]] || die "addusers: empty password or one with a newline"
+  take_lock
+  prepare
+  hash=$(doveadm -O pw -s SHA512-CRYPT -p "$pw") || die "doveadm pw failed"
+  local tmp
+  tmp=$(mktemp)
+  while IFS= read -r line; do
+    [[ -n $line ]] || continue
+    email=$(normalize_email "$line")
+    echo "$email:$hash::::::" >>"$tmp"
+    n=$((n + 1))
+  done
+  { awk -F: 'NR == FNR { skip[$1] = 1; next } !($1 in skip)' "$tmp" "$USERS_FILE"; cat "$tmp"; } | write_users
+  rm -f "$tmp"
+  say "mail: $n users added or updated"
+}
+
 cmd_deluser() {
   [[ $# -eq 1 ]] || usage
   local email
@@ -587,6 +610,7 @@ case $cmd in
   status) [[ $# -eq 0 ]] || usage; cmd_status ;;
   reload) [[ $# -eq 0 ]] || usage; need_installed; cmd_reload ;;
   adduser) cmd_adduser "$@" ;;
+  addusers) cmd_addusers "$@" ;;
   deluser) cmd_deluser "$@" ;;
   reset) [[ $# -eq 0 ]] || usage; cmd_reset ;;
   *) usage ;;

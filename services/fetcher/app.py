@@ -17,6 +17,9 @@ from .sync.manager import SyncManager
 def setup(rt: Runtime) -> None:
     registry = InboxRegistry(rt.db, rt.publisher, rt.source)
     rt.subscribe("mailsync.inbox.commands.v1", registry.apply)
+    # The janitor's `deactivated` (issue #7) pauses sync; other inbox events are ignored here, so the
+    # batch consumer without per-event dedupe lookups (the status update is idempotent).
+    rt.subscribe_batch("mailsync.inbox.v1", registry.apply_all, dedupe=False)
     # Onboarding (issue #3): admin API under /admin/*, credential keys checked at start-up.
     onboarding = install_onboarding(rt)
     # Operator console (issue #10): pages under /console, using onboarding in-process.
@@ -43,6 +46,9 @@ def setup(rt: Runtime) -> None:
                 bodies=settings.fetcher_sync_bodies,
                 body_max_bytes=settings.fetcher_sync_body_max_bytes,
                 daily_download_mb=settings.fetcher_sync_daily_download_mb,
+                connect_concurrency=settings.fetcher_sync_connect_concurrency,
+                confirmation_email=settings.fetcher_sync_confirmation_email,
+                confirmation_subject=settings.fetcher_sync_confirmation_subject,
             ),
             rt.source,
             scan_interval=settings.fetcher_sync_scan_interval_seconds,

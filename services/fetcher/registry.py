@@ -11,6 +11,7 @@ from contracts import Envelope
 from contracts.errors import InputRejected, InputRejectedData
 from contracts.inbox import (
     InboxCommandRequested,
+    InboxDeactivated,
     InboxPaused,
     InboxPausedData,
     InboxReactivated,
@@ -42,6 +43,29 @@ class InboxRegistry:
     async def apply(self, event: Envelope[Any]) -> None:
         if isinstance(event, InboxCommandRequested):
             await self.command(event)
+        elif isinstance(event, InboxDeactivated):
+            await self.deactivated(event)
+
+    async def apply_all(self, events: list[Envelope[Any]]) -> None:
+        for event in events:
+            if isinstance(event, InboxDeactivated):
+                await self.deactivated(event)
+
+    async def deactivated(self, event: InboxDeactivated) -> None:
+        """The janitor deactivated the inbox (issue #7): sync stops (the sync manager stops inboxes
+        that are not active and closes their connections); cursors are kept. A `resume` command
+        reactivates it and asks for a resync, since the janitor purged the stored mail."""
+        key = inbox_key(event.tenant_id, event.inbox_id or "")
+        await self._db[INBOXES].update_one(
+            {"_id": key, "status": {"$nin": ["deactivated", "removed"]}},
+            {
+                "$set": {
+                    "status": "deactivated",
+                    "status_reason": f"janitor: {event.data.reason}",
+                    "status_changed_at": datetime.now(UTC),
+                }
+            },
+        )
 
     async def command(self, event: InboxCommandRequested) -> None:
         tenant, inbox_id, cmd = event.tenant_id, event.inbox_id or "", event.data

@@ -43,6 +43,15 @@ class FetcherSettings(ServiceSettings):
     fetcher_sync_backoff_base_seconds: float = Field(default=1.0, gt=0)
     fetcher_sync_backoff_cap_seconds: float = Field(default=600.0, gt=0, le=600)
     fetcher_sync_auth_failure_limit: int = Field(default=5, ge=1)
+    fetcher_sync_confirmation_email: bool = Field(
+        default=False,
+        description="When an inbox's initial sync completes, email the inbox itself a confirmation "
+        "(through the sender; once per sync run).",
+    )
+    fetcher_sync_confirmation_subject: str = Field(default="Your mailbox is synchronized", max_length=200)
+    fetcher_sync_connect_concurrency: int = Field(
+        default=32, ge=1, description="IMAP connection set-ups (TCP, TLS, login) in progress at once."
+    )
     fetcher_sync_scan_interval_seconds: float = Field(default=5.0, gt=0)
     fetcher_sync_lease_seconds: float = Field(default=20.0, gt=0)
     fetcher_sync_daily_download_mb: int | None = Field(

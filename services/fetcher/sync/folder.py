@@ -23,6 +23,7 @@ from contracts import Envelope
 from contracts.common import MessageRef
 from contracts.inbox import SyncProgress, SyncProgressData
 from contracts.messages import MessageDeleted, MessageDeletedData, MessageUpdated, MessageUpdatedData
+from mailsync import metrics
 from services.fetcher.imap.protocol import Value
 from services.fetcher.imap.seqset import chunks_desc, compress
 from services.fetcher.imap.session import ImapSession, MailboxState
@@ -34,6 +35,7 @@ from .messages import (
     HEADER_ITEMS,
     FetchedMessage,
     FolderContext,
+    is_report,
     message_document,
     message_key,
     received_event,
@@ -74,6 +76,7 @@ class PassResult:
     deleted: int = 0
     repaired: int = 0
     bodies: int = 0
+    vanished: int = 0  # expunges learnt from QRESYNC VANISHED (no UID set comparison)
     more: bool = False  # work left (body backlog): run the next pass at once instead of idling
     initial_completed_now: bool = False
 
@@ -127,9 +130,15 @@ class FolderSync:
         return bool(cur and cur.initial_done)
 
     async def run_pass(self, session: ImapSession, *, reconcile: bool = False) -> PassResult:
-        state = await session.examine(self.ctx.folder)
+        # This worker is the cursor's only writer (it holds the inbox's lease): after the first pass the
+        # copy in memory is current, and a pass woken by IDLE skips a store round trip.
+        cur = self.cursor if self.cursor is not None else await self._cursors.load(self.key)
+        # QRESYNC: the server tells what vanished since the cursor's MODSEQ (no UID set comparison).
+        known = None
+        if cur is not None and cur.initial_done and cur.highestmodseq:
+            known = (cur.uidvalidity, cur.highestmodseq)
+        state = await session.examine(self.ctx.folder, qresync=known)
         self.ctx = FolderContext(**{**self.ctx.__dict__, "uidvalidity": state.uidvalidity})
-        cur = await self._cursors.load(self.key)
         result = PassResult()
         if cur is None:
             cur = self._fresh(state)
@@ -330,6 +339,7 @@ class FolderSync:
 
     def _progress_event(self, cur: FolderCursor, done: int, total: int) -> SyncProgress:
         data = SyncProgressData(sync_run_id=cur.run_id, folder=self.ctx.folder, done=done, total=total)
+        metrics.observe_sync_progress(self.ctx.tenant_id, self.ctx.inbox_id, self.ctx.folder, done, total)
         return SyncProgress.build(
             data=data, tenant_id=self.ctx.tenant_id, inbox_id=self.ctx.inbox_id, source=self.ctx.source
         )
@@ -470,7 +480,7 @@ class FolderSync:
             found = await session.uid_search(f"UID {cur.uidnext}:{state.uidnext - 1}")
             new_uids = sorted(u for u in found if cur.uidnext <= u < state.uidnext)
             for chunk in chunks_desc(new_uids, self._tuning.fetch_chunk):
-                fetched = await session.uid_fetch(compress(chunk), items)
+                fetched = await self._with_reports(session, await session.uid_fetch(compress(chunk), items))
                 result.received += await self._emit_new(fetched, history=False)
                 if self._tuning.bodies:
                     for part in chunks_desc(chunk, self._tuning.body_chunk):
@@ -488,6 +498,8 @@ class FolderSync:
             )
             await self._emit_updates([FetchedMessage(c) for c in changed], result)
         expected = cur.exists + len(new_uids)
+        if state.vanished is not None and state.vanished.ranges:
+            expected -= await self._vanished(state, result)
         if reconcile or state.exists != expected:
             await self._compare_uid_sets(session, state, cur, result, repair=reconcile)
         cur.uidnext = max(cur.uidnext, state.uidnext)
@@ -497,6 +509,40 @@ class FolderSync:
             cur.last_reconciled_at = datetime.now(UTC)
         await self._cursors.save(cur)
         del ctx
+
+    async def _with_reports(
+        self, session: ImapSession, fetched: list[dict[str, Value]]
+    ) -> list[dict[str, Value]]:
+        """New delivery reports (bounces) are fetched whole at once, so their `message received`
+        carries the parsed `delivery_report` the linker needs (headers alone do not have it)."""
+        reports = [_uid(i) for i in fetched if is_report(FetchedMessage(i))]
+        if not reports:
+            return fetched
+        whole = await session.uid_fetch(compress(reports), "UID BODY.PEEK[]")
+        bodies = {_uid(i): i.get("BODY[]") for i in whole}
+        return [{**i, "BODY[]": bodies[_uid(i)]} if _uid(i) in bodies else i for i in fetched]
+
+    async def _vanished(self, state: MailboxState, result: PassResult) -> int:
+        """Expunges learnt from QRESYNC's VANISHED (EARLIER): the stored messages in those UID ranges
+        are deleted. Returns how many; EXISTS still has to agree, else the UID sets are compared."""
+        assert state.vanished is not None
+        ctx = self.ctx
+        ranges = state.vanished.ranges
+        if len(ranges) > 100:  # a query per range would cost more than the comparison
+            return 0
+        query = {
+            "tenant_id": ctx.tenant_id,
+            "inbox_id": ctx.inbox_id,
+            "folder": ctx.folder,
+            "uidvalidity": ctx.uidvalidity,
+            "deleted": False,
+            "$or": [{"uid": {"$gte": lo, "$lte": hi}} for lo, hi in ranges],
+        }
+        gone = [d async for d in self._messages.find(query, {"uid": 1, "message_key": 1, "uidvalidity": 1})]
+        if gone:
+            await self._delete(gone, "expunged", result)
+            result.vanished += len(gone)
+        return len(gone)
 
     async def _emit_updates(self, changed: list[FetchedMessage], result: PassResult) -> None:
         if not changed:

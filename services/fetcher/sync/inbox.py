@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import uuid
@@ -23,8 +24,10 @@ from typing import Any
 
 import httpx
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
-from contracts.common import ErrorInfo
+from contracts import Envelope
+from contracts.common import Address, ErrorInfo
 from contracts.inbox import (
     InboxAuthFailed,
     InboxConnectFailed,
@@ -34,6 +37,7 @@ from contracts.inbox import (
     InitialSyncCompleted,
     InitialSyncCompletedData,
 )
+from contracts.sending import SendRequested, SendRequestedData
 from mailsync import metrics
 from mailsync.credentials import Keyring
 from mailsync.inbox_record import InboxRecord, OAuth2Auth, PasswordAuth
@@ -44,6 +48,7 @@ from services.fetcher.imap.protocol import ProtocolError
 from services.fetcher.imap.session import AuthenticationFailed, ConnectionLost, Folder, ImapError, ImapSession
 
 from .budget import GMAIL_DAILY_BYTES, DownloadBudget, daily_limit
+from .cursor import CursorStore
 from .folder import FolderSync, Publisher, SyncTuning
 from .messages import FolderContext
 
@@ -69,6 +74,9 @@ class SyncConfig:
     bodies: bool = True
     body_max_bytes: int = 25 * 1024 * 1024
     daily_download_mb: int | None = None  # None: the provider's known limit (Gmail 2,500 MB), else none
+    connect_concurrency: int = 32  # connection set-ups in progress at once, for all inboxes of a replica
+    confirmation_email: bool = False  # on initial-sync completion, a `send requested` to the inbox itself
+    confirmation_subject: str = "Your mailbox is synchronized"
 
 
 class _Stop(Exception):
@@ -81,6 +89,37 @@ class _Shared:
     folders_pending: set[str] = field(default_factory=set)
     auth_failures: int = 0
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _aware(value: Any) -> datetime | None:
+    """Mongo gives naive UTC datetimes back."""
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+TLS_READ_BUFFER = 16 * 1024
+
+
+def shrink_tls_read_buffer(size: int = TLS_READ_BUFFER) -> None:
+    """asyncio gives every TLS connection a 256 KiB read buffer (`SSLProtocol.max_size`, allocated up
+    front): 2.5 GB for 10,000 idle IMAP connections. A TLS record carries at most 16 KiB, so 16 KiB
+    costs big FETCHes a few more loop turns and nothing else. Process-wide; the fetcher sets it."""
+    proto = getattr(asyncio, "sslproto", None)
+    cls = getattr(proto, "SSLProtocol", None)
+    if cls is not None and isinstance(getattr(cls, "max_size", None), int):
+        cls.max_size = size
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
+    """One context per trust setting, shared by every connection: a context holds the parsed CA store
+    (hundreds of KB), too much to build per connection when a replica holds thousands."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def is_gmail(caps: frozenset[str]) -> bool:
@@ -108,6 +147,8 @@ def choose_folders(
 
 
 class InboxSync:
+    _CONNECTS_PER_INBOX = 4
+
     def __init__(
         self,
         record: InboxRecord,
@@ -119,8 +160,13 @@ class InboxSync:
         source: str,
         http: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        resync_requested_at: datetime | None = None,
+        connect_gate: asyncio.Semaphore | None = None,
     ) -> None:
+        self._connect_gate = connect_gate or asyncio.Semaphore(self._CONNECTS_PER_INBOX)
         self.record = record
+        # A resume after deactivation (or a resync command) asks for every folder to be synced afresh.
+        self._resync_requested_at = _aware(resync_requested_at)
         self._db = db
         self._publisher = publisher
         self._keyring = keyring
@@ -133,28 +179,27 @@ class InboxSync:
     # ---- connecting -----------------------------------------------------------------------------
 
     def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self._config.tls_cafile)
-        if not self._config.tls_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return _ssl_context(self._config.tls_cafile, self._config.tls_verify)
 
     async def _open(self) -> ImapSession:
         r = self.record
-        session = await ImapSession.connect(
-            r.imap.host,
-            r.imap.port,
-            r.imap.security,
-            ssl_context=self._ssl_context(),
-            connect_timeout=self._config.connect_timeout_seconds,
-        )
-        session.timeout = self._config.command_timeout_seconds
-        try:
-            await self._authenticate(session)
-        except BaseException:
-            session.abort()
-            raise
-        metrics.IMAP_CONNECTIONS.inc()
+        # Connection set-ups (TCP, TLS, login) of all inboxes share one gate: a replica that starts
+        # with thousands of inboxes ramps up instead of stampeding the servers and its own CPU.
+        async with self._connect_gate:
+            session = await ImapSession.connect(
+                r.imap.host,
+                r.imap.port,
+                r.imap.security,
+                ssl_context=self._ssl_context(),
+                connect_timeout=self._config.connect_timeout_seconds,
+            )
+            session.timeout = self._config.command_timeout_seconds
+            try:
+                await self._authenticate(session)
+            except BaseException:
+                session.abort()
+                raise
+        metrics.imap_state(session, "syncing")
         return session
 
     async def _authenticate(self, session: ImapSession) -> None:
@@ -185,7 +230,7 @@ class InboxSync:
             return
         if not session.closed:
             await session.logout()
-        metrics.IMAP_CONNECTIONS.dec()
+        metrics.imap_state(session, None)
 
     # ---- supervision ----------------------------------------------------------------------------
 
@@ -220,15 +265,20 @@ class InboxSync:
             bodies=self._config.bodies,
             body_max_bytes=self._config.body_max_bytes,
         )
-        syncs = [
-            (self._folder_sync(name, is_sent, tuning), name == "INBOX" or is_sent) for name, is_sent in chosen
-        ]
         state = await self._run_state()
+        syncs = [
+            (self._folder_sync(name, is_sent, tuning, state.get("resync_id")), name == "INBOX" or is_sent)
+            for name, is_sent in chosen
+        ]
         for fs, _ in syncs:
             if not await fs.initial_done():
                 self._shared.folders_pending.add(fs.ctx.folder)
         if state.get("initial_completed"):
             self._shared.folders_pending.clear()
+        elif not self._shared.folders_pending and syncs:
+            # Every folder finished before a crash, the announcement did not: make it now.
+            self._shared.folders_pending.add(syncs[0][0].ctx.folder)
+            await self._folder_initial_done(syncs[0][0].ctx.folder, state)
         floor = GMAIL_FLOOR_SECONDS if tuning.gmail else 0.0
         try:
             async with asyncio.TaskGroup() as tg:
@@ -247,7 +297,9 @@ class InboxSync:
     def _backoff(self) -> Backoff:
         return Backoff(base=self._config.backoff_base_seconds, cap=self._config.backoff_cap_seconds)
 
-    def _folder_sync(self, folder: str, is_sent: bool, tuning: SyncTuning) -> FolderSync:
+    def _folder_sync(
+        self, folder: str, is_sent: bool, tuning: SyncTuning, resync_id: str | None = None
+    ) -> FolderSync:
         r = self.record
         own = {r.email.lower(), *(a.lower() for a in r.additional_from)}
         ctx = FolderContext(
@@ -259,6 +311,7 @@ class InboxSync:
             own_addresses=frozenset(own),
             is_sent=is_sent,
             sharing=r.sharing,
+            resync_id=resync_id,
         )
         return FolderSync(ctx, db=self._db, publisher=self._publisher, tuning=tuning)
 
@@ -274,10 +327,33 @@ class InboxSync:
                 "initial_run_id": str(uuid.uuid4()),
                 "initial_started_at": datetime.now(UTC),
                 "initial_completed": False,
+                "resync_handled_at": self._resync_requested_at,
             }
             await col.update_one({"_id": self.record.id}, {"$setOnInsert": doc}, upsert=True)
             doc = await col.find_one({"_id": self.record.id}) or doc
-        return doc
+        return await self._resync_if_requested(doc)
+
+    async def _resync_if_requested(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A resync requested after the last one handled: forget the folder cursors (the mapping only;
+        the deactivation already purged the stored mail) and start a new initial run. Its events are
+        history and carry a `resync_id` derived from the request, so a crash half-way replays the same
+        ids, and consumers that processed the first announcement process these too."""
+        requested = self._resync_requested_at
+        handled = _aware(doc.get("resync_handled_at"))
+        if requested is None or (handled is not None and requested <= handled):
+            return doc
+        resync_id = f"resync:{requested.isoformat()}"
+        await CursorStore(self._db).delete_inbox(self.record.tenant_id, self.record.inbox_id)
+        update = {
+            "initial_run_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.record.id}:{resync_id}")),
+            "initial_started_at": datetime.now(UTC),
+            "initial_completed": False,
+            "resync_id": resync_id,
+            "resync_handled_at": requested,
+        }
+        await self._db[SYNC_STATE].update_one({"_id": self.record.id}, {"$set": update})
+        log.info("resync: syncing every folder afresh", extra={"inbox_id": self.record.inbox_id})
+        return {**doc, **update}
 
     async def _folder_loop(  # noqa: PLR0912
         self, fs: FolderSync, *, idle: bool, poll_floor: float, state: dict[str, Any]
@@ -289,10 +365,13 @@ class InboxSync:
             try:
                 session = await self._open()
                 self._shared.auth_failures = 0
+                with contextlib.suppress(ImapError):  # QRESYNC where offered: expunges without UID sets
+                    await session.enable("QRESYNC")
                 while True:
                     now = asyncio.get_running_loop().time()
                     reconcile = now - last_reconcile >= self._config.reconcile_interval_seconds
                     counted = session.bytes_received
+                    metrics.imap_state(session, "syncing")
                     result = await fs.run_pass(session, reconcile=reconcile)
                     self._shared.budget.add(session.bytes_received - counted, datetime.now(UTC))
                     await self._within_budget(session)
@@ -303,21 +382,41 @@ class InboxSync:
                     if result.received:
                         phase = "initial" if result.initial_completed_now else "incremental"
                         metrics.SYNC_MESSAGES.labels(phase=phase).inc(result.received)
-                    backoff.reset()
                     if result.initial_completed_now or fs.ctx.folder in self._shared.folders_pending:
                         await self._folder_initial_done(fs.ctx.folder, state)
                     if result.more:
+                        backoff.reset()
                         continue  # body backlog left: next slice at once (new mail is checked first)
                     if idle and "IDLE" in session.capabilities:
-                        await session.idle(self._config.idle_restart_seconds)
+                        metrics.imap_state(session, "idle")
+                        metrics.observe_idle(await session.idle(self._config.idle_restart_seconds))
                     else:
+                        metrics.imap_state(session, "polling")
                         await self._sleep(max(self._config.poll_interval_seconds, poll_floor))
+                    # Reset once the connection lived through a whole wait: a server that drops every
+                    # IDLE (BYE) would otherwise be reconnected to at the base delay forever.
+                    backoff.reset()
             except AuthenticationFailed as exc:
                 if await self._auth_failed(exc, backoff):
                     self._shared.stopped.set()
                     return
             except (ConnectionLost, ProtocolError, ImapError, OSError) as exc:
                 await self._connect_failed(exc, backoff, folder=fs.ctx.folder)
+            except PyMongoError as exc:
+                # The store is busy or away (FerretDB/SQLite answers SQLITE_BUSY under many writers):
+                # this folder backs off and resumes from its cursor; the other folders carry on.
+                delay = backoff.next_delay()
+                log.warning(
+                    "store unavailable, folder sync retries",
+                    extra={
+                        "inbox_id": self.record.inbox_id,
+                        "folder": fs.ctx.folder,
+                        "error": scrub(str(exc))[:300],
+                        "retry_in": round(delay, 1),
+                    },
+                )
+                metrics.ERRORS.labels(code="store.unavailable").inc()
+                await self._sleep(delay)
             finally:
                 await self._close(session)
 
@@ -378,7 +477,10 @@ class InboxSync:
         event = InitialSyncCompleted.build(
             data=data, tenant_id=self.record.tenant_id, inbox_id=self.record.inbox_id, source=self._source
         )
-        await self._publisher.publish_all([event])
+        events: list[Envelope[Any]] = [event]
+        if self._config.confirmation_email:
+            events.append(self._confirmation(data))
+        await self._publisher.publish_all(events)
         state["initial_completed"] = True
         await self._db[SYNC_STATE].update_one({"_id": self.record.id}, {"$set": {"initial_completed": True}})
         # The registry status is left to its owner (inbox commands): FerretDB updates are whole-document
@@ -386,6 +488,27 @@ class InboxSync:
         log.info(
             "initial sync completed", extra={"inbox_id": self.record.inbox_id, "messages": data.messages}
         )
+
+    def _confirmation(self, done: InitialSyncCompletedData) -> SendRequested:
+        """The optional confirmation email (seeds: "confirmation when existing emails are synchronized"),
+        sent by the sender from the inbox to itself. The idempotency key names the sync run, so a replay
+        of this step never sends it twice, and a resync (a new run) confirms again."""
+        r = self.record
+        me = Address(email=r.email, name=r.display_name)
+        days = "everything" if done.backfill_days is None else f"the last {done.backfill_days} days"
+        data = SendRequestedData.model_validate(
+            {
+                "idempotency_key": f"initial-sync-confirmation:{done.sync_run_id}",
+                "from": me,
+                "to": [me],
+                "subject": self._config.confirmation_subject,
+                "text": (
+                    f"Your mailbox {r.email} is now synchronized: {done.messages} existing messages "
+                    f"({days}) in {', '.join(done.folders) or 'no folder'}. New mail follows in real time."
+                ),
+            }
+        )
+        return SendRequested.build(data=data, tenant_id=r.tenant_id, inbox_id=r.inbox_id, source=self._source)
 
     # ---- failures -------------------------------------------------------------------------------
 
@@ -456,6 +579,7 @@ class InboxSync:
             },
         )
         metrics.ERRORS.labels(code="imap.connection").inc()
+        metrics.observe_reconnect(exc)
         # Only a failure that repeats is worth an event; a single reconnect is routine.
         if backoff.failures >= 3:
             data = self._failure(

@@ -22,13 +22,13 @@ from typing import Any
 from pydantic import ValidationError
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from mailsync.credentials import CredentialKeyError, Keyring
 from mailsync.inbox_record import InboxRecord
 
 from .folder import Publisher
-from .inbox import InboxSync, SyncConfig
+from .inbox import InboxSync, SyncConfig, shrink_tls_read_buffer
 
 log = logging.getLogger("mailsync.fetcher.sync")
 LEASES = "sync_leases"
@@ -65,6 +65,8 @@ class SyncManager:
         self._lease = timedelta(seconds=lease_seconds)
         self.owner = owner or replica_id()
         self._running: dict[str, _Running] = {}
+        self._connect_gate = asyncio.Semaphore(config.connect_concurrency)
+        shrink_tls_read_buffer()
         self._invalid: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._keyring: Keyring | None = None
@@ -81,8 +83,9 @@ class SyncManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for key in list(self._running):
-            await self._stop_inbox(key)
+        # All at once: one by one, a replica holding thousands of inboxes (LOGOUT each) outlasts any
+        # shutdown grace period.
+        await asyncio.gather(*(self._stop_inbox(key) for key in list(self._running)))
         with contextlib.suppress(PyMongoError):
             await self._db[LEASES].delete_many({"owner": self.owner})
 
@@ -103,19 +106,53 @@ class SyncManager:
         for key in list(self._running):
             if key not in wanted or self._running[key].task.done():
                 await self._stop_inbox(key)
+        held = await self._hold_all(list(wanted))
         for key, doc in wanted.items():
-            if not await self._hold(key):
+            if key not in held:
                 if key in self._running:
                     log.warning("lease lost, stopping sync", extra={"inbox": key})
                     await self._stop_inbox(key)
                 continue
-            revision = str(doc.get("updated_at") or doc.get("created_at") or "")
+            # A resync request (resume after deactivation, resync command) restarts the sync too.
+            changed = doc.get("updated_at") or doc.get("created_at") or ""
+            revision = f"{changed}|{doc.get('resync_requested_at') or ''}"
             running = self._running.get(key)
             if running is not None and running.revision != revision:
                 await self._stop_inbox(key)
                 running = None
             if running is None:
                 self._start_inbox(key, doc, revision)
+
+    async def _hold_all(self, keys: list[str]) -> set[str]:
+        """Take or renew the leases of `keys` in a few round trips instead of one per inbox (a scan of
+        thousands of inboxes must stay well inside the lease time); returns the keys held."""
+        now = datetime.now(UTC)
+        until = now + self._lease
+        col = self._db[LEASES]
+        await col.update_many({"owner": self.owner}, {"$set": {"expires_at": until}})
+        leases = {d["_id"]: d async for d in col.find({}, {"owner": 1, "expires_at": 1})}
+        held = {k for k in keys if leases.get(k, {}).get("owner") == self.owner}
+        free = [k for k in keys if k not in leases]
+        if free:
+            lost: set[str] = set()
+            try:
+                await col.insert_many(
+                    [{"_id": k, "owner": self.owner, "expires_at": until} for k in free], ordered=False
+                )
+            except BulkWriteError as exc:  # a duplicate: another replica took it first
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
+                    raise
+                lost = {free[e["index"]] for e in errors}
+            held |= set(free) - lost
+        for key in keys:
+            lease = leases.get(key)
+            if key in held or lease is None:
+                continue
+            expires = lease.get("expires_at")
+            if isinstance(expires, datetime) and expires.replace(tzinfo=UTC) < now and await self._hold(key):
+                held.add(key)
+        return held
 
     async def _hold(self, key: str) -> bool:
         """Take or renew the inbox's lease; False when another live replica holds it."""
@@ -152,6 +189,8 @@ class SyncManager:
             keyring=self._keyring,
             config=self._config,
             source=self._source,
+            resync_requested_at=doc.get("resync_requested_at"),
+            connect_gate=self._connect_gate,
         )
         task = asyncio.create_task(self._guard(key, sync), name=f"sync:{key}")
         self._running[key] = _Running(task, revision)
