@@ -248,7 +248,7 @@ def test_chart_consumes_what_each_service_subscribes_to(tools: Path) -> None:
     scaled = by_kind(docs, "ScaledObject")
     for svc in SERVICES:
         code = "\n".join(p.read_text() for p in (ROOT / "services" / svc).rglob("*.py"))
-        subscribed = set(re.findall(r"rt\.subscribe\(\s*\"([^\"]+)\"", code))
+        subscribed = set(re.findall(r"rt\.subscribe(?:_batch)?\(\s*\"([^\"]+)\"", code))
         topics = {t["metadata"]["topic"] for t in scaled[f"rel-mailsync-{svc}"]["spec"]["triggers"]}
         assert topics <= set(TOPICS_BY_NAME)
         assert topics == subscribed, (
