@@ -294,12 +294,25 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+_RUNNING = frozenset({"connecting", "syncing", "idle", "connect_failed", "throttled"})
+
+
 async def count_inboxes(db: Any) -> None:
-    """Refresh `mailsync_inboxes` from the inbox registry (one $group over the `inboxes` collection)."""
+    """Refresh `mailsync_inboxes` from the inbox registry and the sync engine's live status."""
     from contracts.inbox import InboxStatus  # noqa: PLC0415 (keeps this module import-light)
 
     counts = {status: 0 for status in get_args(InboxStatus)}
-    async for row in await db["inboxes"].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
-        counts[str(row["_id"])] = int(row["n"])
+    # An inbox the registry holds as running shows the sync engine's live status (syncing, idle,
+    # connect_failed, throttled) from `sync_state`; paused, deactivated, etc. come from the registry.
+    live = {
+        doc["_id"]: str(doc["live_status"])
+        async for doc in db["sync_state"].find({}, {"live_status": 1})
+        if doc.get("live_status") in counts
+    }
+    async for doc in db["inboxes"].find({}, {"status": 1}):
+        status = str(doc.get("status", "connecting"))
+        if status in _RUNNING:
+            status = live.get(doc["_id"], status)
+        counts[status] = counts.get(status, 0) + 1
     for status, n in counts.items():
         INBOXES.labels(status=status).set(n)

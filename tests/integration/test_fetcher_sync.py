@@ -110,6 +110,10 @@ def unique_by_id(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+async def _is(read: Callable[[], Any], expected: str) -> bool:
+    return bool(await read() == expected)
+
+
 async def test_initial_then_idle_flags_and_expunge(  # type: ignore[no-untyped-def]
     service, watch, mongo: Mongo, mail_lab, mail_user_factory: Callable[[str], MailUser]
 ) -> None:
@@ -128,6 +132,13 @@ async def test_initial_then_idle_flags_and_expunge(  # type: ignore[no-untyped-d
         lambda e: e["inbox_id"] == inbox_id and e["type"] == "mailsync.inbox.initial_sync_completed", 60
     )
     assert done["data"]["messages"] == 20
+
+    async def live_status() -> Any:
+        doc = await db.sync_state.find_one({"_id": f"t1:{inbox_id}"})
+        return doc and doc.get("live_status")
+
+    # The sync engine's live status (shown by the console and in `mailsync_inboxes`), not the registry's.
+    assert await eventually(lambda: _is(live_status, "idle"), 30) is True
     uids = await until_received(messages, inbox_id, 20)
     assert sorted(uids) == list(range(1, 21)), "every seeded message exactly once"
     assert uids[0] == 20, "newest first"
@@ -485,3 +496,7 @@ async def test_download_budget_throttles_instead_of_hitting_the_provider_limit( 
     resume = datetime.fromisoformat(throttled["data"]["resume_at"])
     assert resume > datetime.now(UTC) and (resume.hour, resume.minute) == (0, 0)
     assert throttled["data"]["limit"] == "download_per_day"
+    state = await eventually(
+        lambda: db.sync_state.find_one({"_id": f"t1:{inbox_id}", "live_status": "throttled"})
+    )
+    assert "resumes" in state["live_status_reason"]

@@ -286,6 +286,8 @@ def test_progress_from_cursors_state_and_events() -> None:
     assert shown_status("connecting", final) == "idle"
     assert shown_status("connecting", progress(cursors, None, ev)) == "syncing"
     assert shown_status("paused", final) == "paused"
+    assert shown_status("connecting", final, "connect_failed") == "connect_failed"
+    assert shown_status("paused", final, "idle") == "paused"
 
 
 def _event(kind: str, data: dict[str, object], tenant: str = "acme", inbox: str = "i1") -> bytes:

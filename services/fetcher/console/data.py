@@ -65,8 +65,14 @@ def progress(cursors: list[Document], state: Document | None, events: InboxEvent
     return Progress(done, total if known_total and folders else None, False)
 
 
-def shown_status(status: str, prog: Progress) -> str:
-    """The registry keeps `connecting` until its owner changes it; the sync's own state tells more."""
+_RUNNING = frozenset({"connecting", "syncing", "idle", "connect_failed", "throttled"})
+
+
+def shown_status(status: str, prog: Progress, live: str | None = None) -> str:
+    """The registry keeps `connecting` while the inbox runs (paused, removed, ... are its word); the
+    sync engine's live status (`sync_state.live_status`) tells more, and failing that the progress."""
+    if status in _RUNNING and live:
+        return live
     if status == "connecting" and prog.completed:
         return "idle"
     if status == "connecting" and (prog.done or prog.total):
@@ -169,7 +175,11 @@ class ConsoleData:
         throttled = ev.throttled_until if ev and ev.throttled_until and ev.throttled_until > now else None
         return {
             "inbox_id": inbox_id,
-            "status": shown_status(str(inbox_view.get("status")), prog),
+            "status": shown_status(
+                str(inbox_view.get("status")),
+                prog,
+                str(state["live_status"]) if state and state.get("live_status") else None,
+            ),
             "registry_status": inbox_view.get("status"),
             "status_reason": inbox_view.get("status_reason"),
             "progress": prog.as_dict(),

@@ -175,6 +175,7 @@ class InboxSync:
         self._http = http
         self._sleep = sleep
         self._shared = _Shared()
+        self._live_status: str | None = None
 
     # ---- connecting -----------------------------------------------------------------------------
 
@@ -266,6 +267,7 @@ class InboxSync:
             body_max_bytes=self._config.body_max_bytes,
         )
         state = await self._run_state()
+        await self._report_status("idle" if state.get("initial_completed") else "syncing")
         syncs = [
             (self._folder_sync(name, is_sent, tuning, state.get("resync_id")), name == "INBOX" or is_sent)
             for name, is_sent in chosen
@@ -319,7 +321,8 @@ class InboxSync:
         """The inbox's initial-sync run (id and start), created once and kept across restarts."""
         col = self._db[SYNC_STATE]
         doc = await col.find_one({"_id": self.record.id})
-        if doc is None:
+        # A document holding only the live status (a connection failed before the first run) is no run.
+        if doc is None or "initial_run_id" not in doc:
             doc = {
                 "_id": self.record.id,
                 "tenant_id": self.record.tenant_id,
@@ -329,7 +332,9 @@ class InboxSync:
                 "initial_completed": False,
                 "resync_handled_at": self._resync_requested_at,
             }
-            await col.update_one({"_id": self.record.id}, {"$setOnInsert": doc}, upsert=True)
+            fields = {k: v for k, v in doc.items() if k != "_id"}
+            await col.update_one({"_id": self.record.id, "initial_run_id": None}, {"$set": fields})
+            await col.update_one({"_id": self.record.id}, {"$setOnInsert": fields}, upsert=True)
             doc = await col.find_one({"_id": self.record.id}) or doc
         return await self._resync_if_requested(doc)
 
@@ -355,7 +360,7 @@ class InboxSync:
         log.info("resync: syncing every folder afresh", extra={"inbox_id": self.record.inbox_id})
         return {**doc, **update}
 
-    async def _folder_loop(  # noqa: PLR0912
+    async def _folder_loop(  # noqa: PLR0912, PLR0915
         self, fs: FolderSync, *, idle: bool, poll_floor: float, state: dict[str, Any]
     ) -> None:
         backoff = self._backoff()
@@ -384,6 +389,7 @@ class InboxSync:
                         metrics.SYNC_MESSAGES.labels(phase=phase).inc(result.received)
                     if result.initial_completed_now or fs.ctx.folder in self._shared.folders_pending:
                         await self._folder_initial_done(fs.ctx.folder, state)
+                    await self._report_status("idle" if state.get("initial_completed") else "syncing")
                     if result.more:
                         backoff.reset()
                         continue  # body backlog left: next slice at once (new mail is checked first)
@@ -447,9 +453,29 @@ class InboxSync:
             "daily download budget used up",
             extra={"inbox_id": self.record.inbox_id, "resume_at": resume_at.isoformat()},
         )
+        await self._report_status(
+            "throttled", f"daily download budget used up; resumes {resume_at.isoformat()}"
+        )
         await session.logout()  # hold no connection while waiting
         await self._sleep(max(1.0, (resume_at - datetime.now(UTC)).total_seconds()))
         raise ConnectionLost("resuming after the download budget pause")
+
+    async def _report_status(self, status: str, reason: str | None = None) -> None:
+        """The live sync status (syncing, idle, connect_failed, throttled) in the sync engine's own
+        `sync_state` document, written only on a change. Not in the registry: that document belongs to
+        inbox commands, and an unguarded write here could overwrite a `paused` set at the same moment."""
+        if status == self._live_status:
+            return
+        update = {"live_status": status, "live_status_reason": reason, "live_status_at": datetime.now(UTC)}
+        try:
+            await self._db[SYNC_STATE].update_one({"_id": self.record.id}, {"$set": update}, upsert=True)
+        except Exception as exc:  # a status report must never stop the sync; the next change retries
+            log.warning(
+                "could not record the sync status",
+                extra={"inbox_id": self.record.inbox_id, "error": scrub(str(exc))[:200]},
+            )
+            return
+        self._live_status = status
 
     async def _folder_initial_done(self, folder: str, state: dict[str, Any]) -> None:
         pending = self._shared.folders_pending
@@ -582,6 +608,7 @@ class InboxSync:
         metrics.observe_reconnect(exc)
         # Only a failure that repeats is worth an event; a single reconnect is routine.
         if backoff.failures >= 3:
+            await self._report_status("connect_failed", f"IMAP connection failed: {scrub(str(exc))}"[:300])
             data = self._failure(
                 "imap.unreachable",
                 f"IMAP connection failed: {exc}"[:300],
