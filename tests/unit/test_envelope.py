@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import EVENT_TYPES, TOPICS, parse_event, topic_of
 from contracts.common import Address, MessageRef
 from contracts.crm import CrmRecordUpserted, CrmRecordUpsertedData
+from contracts.envelope import EVENT_ID_NAMESPACE, uuid5_str
 from contracts.messages import MessageReceived, MessageReceivedData, MessageUpdated, MessageUpdatedData
 from contracts.sending import SendRequestedData
 
@@ -50,6 +54,11 @@ def test_flag_change_and_body_stored_at_one_modseq_are_two_facts() -> None:
 
     assert updated("flags").id != updated("body").id
     assert updated("body").id == updated("body").id
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
+def test_fast_event_id_hash_is_exactly_uuid5(name: str) -> None:
+    assert uuid5_str(name) == str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
 
 
 def test_round_trip_through_json_uses_aliases() -> None:
