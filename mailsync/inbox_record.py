@@ -15,6 +15,10 @@ from contracts.inbox import InboxStatus
 
 from .credentials import EncryptedSecret
 
+# Registry statuses under which the fetcher keeps an inbox synced; inside them the sync engine's live
+# status (`sync_state.live_status`: syncing, idle, connect_failed, throttled) says how it is going.
+RUNNING_STATUSES: frozenset[str] = frozenset({"connecting", "syncing", "idle", "connect_failed", "throttled"})
+
 Security = Literal["tls", "starttls", "plain"]
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -109,16 +109,7 @@ class EventPublisher:
         then gathering the futures lets the producer batch (tens of thousands per second). Order per
         key is kept because the idempotent producer preserves send order within a partition.
         """
-        futures: list[asyncio.Future[Any]] = []
-        for event in events:
-            topic, key, body = self.route(event)
-            fut = await self._broker.publish(
-                body, topic.name, key=key, headers=self.headers(event), no_confirm=True
-            )
-            futures.append(fut)
-        await asyncio.gather(*futures)
-        for event in events:
-            metrics.observe_produced(topic_of(event).name, event.type)
+        await self.publish_grouped([(nullcontext(), events)])
 
     async def publish_grouped(
         self, groups: Sequence[tuple[AbstractContextManager[Any], Sequence[Envelope[Any]]]]

@@ -294,12 +294,10 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-_RUNNING = frozenset({"connecting", "syncing", "idle", "connect_failed", "throttled"})
-
-
 async def count_inboxes(db: Any) -> None:
     """Refresh `mailsync_inboxes` from the inbox registry and the sync engine's live status."""
     from contracts.inbox import InboxStatus  # noqa: PLC0415 (keeps this module import-light)
+    from mailsync.inbox_record import RUNNING_STATUSES  # noqa: PLC0415
 
     counts = {status: 0 for status in get_args(InboxStatus)}
     # An inbox the registry holds as running shows the sync engine's live status (syncing, idle,
@@ -311,7 +309,7 @@ async def count_inboxes(db: Any) -> None:
     }
     async for doc in db["inboxes"].find({}, {"status": 1}):
         status = str(doc.get("status", "connecting"))
-        if status in _RUNNING:
+        if status in RUNNING_STATUSES:
             status = live.get(doc["_id"], status)
         counts[status] = counts.get(status, 0) + 1
     for status, n in counts.items():

@@ -11,6 +11,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from mailsync.inbox_record import RUNNING_STATUSES
 from mailsync.store import Document
 
 from .tail import EventLog, InboxEvents
@@ -65,13 +66,10 @@ def progress(cursors: list[Document], state: Document | None, events: InboxEvent
     return Progress(done, total if known_total and folders else None, False)
 
 
-_RUNNING = frozenset({"connecting", "syncing", "idle", "connect_failed", "throttled"})
-
-
 def shown_status(status: str, prog: Progress, live: str | None = None) -> str:
     """The registry keeps `connecting` while the inbox runs (paused, removed, ... are its word); the
     sync engine's live status (`sync_state.live_status`) tells more, and failing that the progress."""
-    if status in _RUNNING and live:
+    if status in RUNNING_STATUSES and live:
         return live
     if status == "connecting" and prog.completed:
         return "idle"

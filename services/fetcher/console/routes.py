@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from pydantic import ValidationError
 
 from mailsync.logs import scrub
+from services.fetcher.asgi import Receive, Scope, Send, read_body
 from services.fetcher.onboarding import presets
 from services.fetcher.onboarding.inboxes import Onboarding, OnboardingError
 from services.fetcher.onboarding.models import ActionInput
@@ -35,9 +36,6 @@ from .tail import EventLog, Tail
 
 log = logging.getLogger("mailsync.fetcher.console")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_BODY = 64 * 1024
 HEADERS = [
     (b"cache-control", b"no-store"),
@@ -142,15 +140,10 @@ class Console:
         methods = self.table[path]
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            body = b""
-            while True:
-                msg = await receive()
-                body += msg.get("body", b"")
-                if len(body) > MAX_BODY:
-                    await html(413, "request too large").send(send)
-                    return
-                if not msg.get("more_body"):
-                    break
+            body = await read_body(receive, MAX_BODY)
+            if body is None:
+                await html(413, "request too large").send(send)
+                return
             if self.auth and not self.users:
                 await html(503, "console: no users configured (MAILSYNC_FETCHER_CONSOLE_USERS)").send(send)
                 return

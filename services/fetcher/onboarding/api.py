@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ValidationError
 
 from mailsync.logs import scrub
+from services.fetcher.asgi import Receive, Scope, Send, read_body
 
 from . import presets
 from .inboxes import Onboarding, OnboardingError, _err
@@ -35,9 +36,6 @@ from .models import ActionInput, InboxInput, InboxUpdate, SettingsInput
 
 log = logging.getLogger("mailsync.fetcher.admin")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[["Request"], Awaitable[tuple[int, Any]]]
 MAX_BODY = 256 * 1024
 
@@ -91,17 +89,10 @@ class AdminApi:
         methods = self.table[path]
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            body = b""
-            while True:
-                msg = await receive()
-                body += msg.get("body", b"")
-                if len(body) > MAX_BODY:
-                    await _respond(
-                        send, 413, {"error": {"code": "input.too_large", "message": "body too large"}}
-                    )
-                    return
-                if not msg.get("more_body"):
-                    break
+            body = await read_body(receive, MAX_BODY)
+            if body is None:
+                await _respond(send, 413, {"error": {"code": "input.too_large", "message": "body too large"}})
+                return
             handler = methods.get(scope["method"])
             if handler is None:
                 await _respond(

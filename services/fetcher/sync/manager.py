@@ -25,14 +25,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from mailsync.credentials import CredentialKeyError, Keyring
-from mailsync.inbox_record import InboxRecord
+from mailsync.inbox_record import RUNNING_STATUSES, InboxRecord
 
 from .folder import Publisher
 from .inbox import InboxSync, SyncConfig, shrink_tls_read_buffer
 
 log = logging.getLogger("mailsync.fetcher.sync")
 LEASES = "sync_leases"
-ACTIVE = ["connecting", "syncing", "idle", "connect_failed", "throttled"]
+ACTIVE = sorted(RUNNING_STATUSES)
 
 
 def replica_id() -> str:
