@@ -1,10 +1,10 @@
 """Shared by bench/latency.py and bench/idle.py: many idle inboxes on one fetcher process.
 
 - A mail lab instance of its own (`deploy/local/mail.sh` with MAILSYNC_STACK_DIR=/tmp/cb5 and ports
-  41xxx), so the raised limits never touch the shared lab: Dovecot's per-instance override file
-  `etc/local.d/limits.conf` (included by dovecot.conf.in) lets imap processes serve many clients
-  each, login processes run in high-performance mode, and the file-descriptor limit is raised for
-  Dovecot and the fetcher (root may raise its hard limit).
+  41xxx; BENCH_STACK_DIR and BENCH_PORT_BASE move it), so the raised limits never touch the shared
+  lab: Dovecot's per-instance override file `etc/local.d/limits.conf` (included by dovecot.conf.in)
+  lets imap processes serve many clients each, login processes run in high-performance mode, and
+  the file-descriptor limit is raised for Dovecot and the fetcher (root may raise its hard limit).
 - Users in bulk (`mail.sh addusers`), inboxes written straight into a fresh fetcher database.
 - The fetcher as a real process (`python -m services.fetcher`), own consumer group at the topics' end.
 """
@@ -35,13 +35,16 @@ from mailsync.credentials import Keyring, generate_key  # noqa: E402
 KAFKA = "127.0.0.1:39092"
 MONGO = "mongodb://127.0.0.1:37017/"
 STACK_DIR = os.environ.get("BENCH_STACK_DIR", "/tmp/cb5")
+# Thousands digit(s) of the lab's ports (41 → 41143, 41993, ...): two benches run side by side
+# with their own BENCH_STACK_DIR and BENCH_PORT_BASE.
+PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "41"))
 PORTS = {
-    "IMAP_PORT": 41143,
-    "IMAPS_PORT": 41993,
-    "LMTP_PORT": 41024,
-    "SMTP_PORT": 41025,
-    "SUBMISSION_PORT": 41587,
-    "SUBMISSIONS_PORT": 41465,
+    "IMAP_PORT": PORT_BASE * 1000 + 143,
+    "IMAPS_PORT": PORT_BASE * 1000 + 993,
+    "LMTP_PORT": PORT_BASE * 1000 + 24,
+    "SMTP_PORT": PORT_BASE * 1000 + 25,
+    "SUBMISSION_PORT": PORT_BASE * 1000 + 587,
+    "SUBMISSIONS_PORT": PORT_BASE * 1000 + 465,
 }
 FD_LIMIT = 200_000
 

@@ -8,23 +8,30 @@ subtracted to get the cost per inbox.
 
     IDLE_INBOXES=10000 .venv/bin/python bench/idle.py   # or --inboxes N
 
-By default one folder (INBOX) per inbox, so one connection per inbox; `--with-sent` adds the Sent
-folder (two connections per inbox, the service's default). A process here may hold at most the
-machine's hard file-descriptor limit of connections (`ulimit -Hn`); the bench says so and stops at
-the largest N that fits.
+Each inbox syncs INBOX and Sent over STARTTLS, as the service does by default: two IDLE connections
+per inbox (`--inbox-only` for one, `--security plain` to see what TLS costs). A process here may
+hold at most the machine's hard file-descriptor limit of connections (`ulimit -Hn`); the bench says
+so, measures the largest N that fits and projects to `--inboxes` (in a container without
+CAP_SYS_RESOURCE root cannot raise it either: a hard limit of 20,000 allows 9,750 inboxes).
+
+`--probe DIR` runs the fetcher under bench/memprobe.py and takes a memory probe (malloc counters,
+object census; tracemalloc snapshots with MEMPROBE_TRACEMALLOC=frames) at every report row.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
 
@@ -66,6 +73,38 @@ async def completed_watcher(done: set[str]) -> asyncio.Task[None]:
     return asyncio.create_task(read())
 
 
+READY_SECONDS = 300.0
+
+
+async def ready(fetcher: biglab.Fetcher) -> None:
+    """Until the fetcher answers /readyz: its imports and clients are what the empty process holds."""
+    url = f"http://127.0.0.1:{fetcher.port}/readyz"
+    deadline = time.monotonic() + READY_SECONDS
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if fetcher.proc.poll() is not None:
+                raise RuntimeError(f"fetcher exited: see {fetcher.log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(1)
+    raise RuntimeError(f"fetcher not ready after {READY_SECONDS:.0f}s: see {fetcher.log}")
+
+
+async def probe(fetcher: biglab.Fetcher, probe_dir: Path | None, seq: int) -> None:
+    """Ask bench/memprobe.py inside the fetcher for probe `seq` and wait until it is written."""
+    if probe_dir is None:
+        return
+    fetcher.proc.send_signal(signal.SIGUSR1)
+    path = probe_dir / f"probe-{seq}.json"
+    for _ in range(1200):
+        if path.exists():
+            await asyncio.sleep(0.5)
+            return
+        await asyncio.sleep(0.5)
+    print(f"probe {seq} not written", flush=True)
+
+
 def connections(pid: int) -> int:
     try:
         return sum(
@@ -78,7 +117,9 @@ def connections(pid: int) -> int:
 
 
 async def measure(args: argparse.Namespace) -> None:  # noqa: PLR0915
-    per_inbox_conns = 2 if args.with_sent else 1
+    per_inbox_conns = 1 if args.inbox_only else 2
+    probe_dir: Path | None = args.probe
+    probes = 0
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     biglab.raise_fd_limit()
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -103,15 +144,19 @@ async def measure(args: argparse.Namespace) -> None:  # noqa: PLR0915
         MAILSYNC_FETCHER_SYNC_LEASE_SECONDS=str(max(120.0, args.scan_interval * 6)),
         MAILSYNC_FETCHER_SYNC_IDLE_RESTART_SECONDS="1500",
         MAILSYNC_FETCHER_SYNC_BODIES="false",
+        **({"MEMPROBE_DIR": str(probe_dir)} if probe_dir else {}),
     )
     rows: list[tuple[int, float, int]] = []
     try:
-        await asyncio.sleep(8)  # started: Kafka consumer, HTTP server, sync manager
+        await ready(fetcher)
+        await asyncio.sleep(5)  # the sync manager's first scan
         base = fetcher.rss_mb()
         rows.append((0, base, connections(fetcher.proc.pid)))
         print(f"fetcher with no inbox: {base:.0f} MB", flush=True)
+        probes += 1
+        await probe(fetcher, probe_dir, probes)
         db = mongo[fetcher.database]
-        records = inboxes.records(args.security, None if args.with_sent else ["INBOX"])
+        records = inboxes.records(args.security, ["INBOX"] if args.inbox_only else None)
         started = time.perf_counter()
         budget_note = ""
         for i in range(0, len(records), args.wave):
@@ -144,6 +189,8 @@ async def measure(args: argparse.Namespace) -> None:  # noqa: PLR0915
                     f"Dovecot {biglab.dovecot_rss_mb():.0f} MB",
                     flush=True,
                 )
+                probes += 1
+                await probe(fetcher, probe_dir, probes)
         await asyncio.sleep(args.settle)
         rss = fetcher.rss_mb()
         socks = connections(fetcher.proc.pid)
@@ -179,7 +226,7 @@ async def measure(args: argparse.Namespace) -> None:  # noqa: PLR0915
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inboxes", type=int, default=int(os.environ.get("IDLE_INBOXES", "10000")))
-    ap.add_argument("--with-sent", action="store_true", help="INBOX and Sent: two connections per inbox")
+    ap.add_argument("--inbox-only", action="store_true", help="INBOX only: one connection per inbox")
     ap.add_argument("--security", choices=["starttls", "plain"], default="starttls")
     ap.add_argument("--wave", type=int, default=100)
     ap.add_argument("--wave-timeout", type=float, default=300.0)
@@ -190,7 +237,13 @@ def main() -> None:
     ap.add_argument("--scan-interval", type=float, default=10.0)
     ap.add_argument("--settle", type=float, default=10.0)
     ap.add_argument("--keep-users", action="store_true")
-    asyncio.run(measure(ap.parse_args()))
+    ap.add_argument("--probe", metavar="DIR", help="memory probes (bench/memprobe.py) at every report row")
+    args = ap.parse_args()
+    if args.probe:
+        args.probe = Path(args.probe).resolve()
+        args.probe.mkdir(parents=True, exist_ok=True)
+        os.environ["BENCH_FETCHER_WRAPPER"] = str(Path(__file__).resolve().parent / "memprobe.py")
+    asyncio.run(measure(args))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ client is another session: Dovecot notifies the two at slightly different moment
 per-message difference both ways (negative values occur).
 
     .venv/bin/python bench/latency.py [--inboxes 1000] [--messages 200] [--burst 50]
+
+The fetcher's store defaults to the shared FerretDB; `--mongo` (or BENCH_MONGO_URI) points it at one of
+the bench's own, e.g. `ferretdb -listen-addr 127.0.0.1:41017 -sqlite-dir /tmp/cb5/fdb`, when other
+work loads the shared one (every store round trip of the wake path then waits on theirs).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import smtplib
 import statistics
@@ -183,6 +188,7 @@ async def wait_until(cond: object, limit: float, what: str) -> None:
 
 
 async def measure(args: argparse.Namespace) -> int:  # noqa: PLR0915
+    biglab.MONGO = args.mongo  # read by start_fetcher too
     ca = biglab.start_lab(args.inboxes * (1 if args.inbox_only else 2) + 200)
     inboxes = biglab.make_users(args.inboxes)
     kafka = KafkaTimes()
@@ -311,6 +317,11 @@ def main() -> None:
     ap.add_argument("--wave", type=int, default=100, help="inboxes registered at a time")
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--keep-users", action="store_true")
+    ap.add_argument(
+        "--mongo",
+        default=os.environ.get("BENCH_MONGO_URI", biglab.MONGO),
+        help="the fetcher's store; a FerretDB of the bench's own keeps other users' load out of the figures",
+    )
     args = ap.parse_args()
     sys.exit(asyncio.run(measure(args)))
 

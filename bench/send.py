@@ -126,6 +126,16 @@ def start_sender(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[
     raise SystemExit("sender not ready in 60s")
 
 
+def stop_sender(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        print(f"sender did not stop within 30 s of SIGTERM; killed (log: {log})")
+        proc.kill()
+        proc.wait(10)
+
+
 SUBSCRIBED = ("mailsync.send.commands.v1", "mailsync.messages.v1")
 
 
@@ -325,8 +335,7 @@ async def main(n: int, n_base: int, n_inboxes: int) -> None:
     finally:
         await consumer.stop()
         await broker.stop()
-        proc.terminate()
-        proc.wait(30)
+        stop_sender(proc, log)
         if not os.environ.get("BENCH_KEEP_DB"):
             await mongo.drop_database(database)
         else:

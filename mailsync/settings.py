@@ -50,6 +50,13 @@ class ServiceSettings(BaseSettings):
         "(turns tracing on).",
     )
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    imap_connections_per_account: int | None = Field(
+        default=None,
+        ge=2,
+        description="IMAP connections the fetcher and the sender together may hold per mail account "
+        "(split in mailsync/connection_budget.py); None: the provider's limit less a third for the "
+        "owner's own clients.",
+    )
 
     def consumer_group(self) -> str:
         return f"{self.kafka_consumer_group_prefix}.{self.service_name}"

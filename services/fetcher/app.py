@@ -49,6 +49,7 @@ def setup(rt: Runtime) -> None:
                 connect_concurrency=settings.fetcher_sync_connect_concurrency,
                 confirmation_email=settings.fetcher_sync_confirmation_email,
                 confirmation_subject=settings.fetcher_sync_confirmation_subject,
+                imap_connections_per_account=settings.imap_connections_per_account,
             ),
             rt.source,
             scan_interval=settings.fetcher_sync_scan_interval_seconds,

@@ -51,7 +51,12 @@ def setup(rt: Runtime) -> None:
     assert isinstance(settings, JanitorSettings)
     schedule = Schedule(rt.db, thresholds(settings))
     clock = ActivityClock(rt.db, schedule if settings.janitor_incremental else None)
-    purger = Purger(rt.db, settings.janitor_purge_collections, settings.janitor_purge_batch_size)
+    purger = Purger(
+        rt.db,
+        settings.janitor_purge_collections,
+        settings.janitor_purge_batch_size,
+        stored_at_field=settings.janitor_purge_stored_at_field,
+    )
     lifecycle = InboxLifecycle(rt.db, clock, purger)
     if settings.janitor_consume_enabled:
         rt.subscribe("crm.activity.v1", clock.apply)

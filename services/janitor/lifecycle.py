@@ -3,8 +3,8 @@
 - `connected`: the inbox is tracked from now on; sync begins, so this is the baseline from which an
   inbox never opened counts. Connecting again (e.g. after a deactivation) is a fresh start.
 - `reactivated` (an admin resumed, or the user reconnected): a fresh start too — the baseline moves to
-  the reactivation, a deactivated case is closed (finishing its deletion first, so nothing deletes
-  the mail the fetcher is about to resync) and the inbox moves to a new generation.
+  the reactivation, a deactivated case is closed (a deletion still under way is abandoned, so nothing
+  deletes the mail the fetcher resyncs) and the inbox moves to a new generation.
 - `removed`: no longer tracked; a pending warning is dropped (deletion already under way finishes).
 """
 
@@ -46,7 +46,9 @@ class InboxLifecycle:
         closing = case is not None and case.get("status") in ("deactivating", "deactivated")
         if closing and case is not None:
             if case.get("status") == "deactivating":
-                await self._purger.run(ident, tenant, inbox_id)
+                # A deletion under way is abandoned, not finished: the fetcher may already be resyncing,
+                # and it keeps (does not store again) the documents it finds. A purge running elsewhere
+                # stops at its next batch when it sees the new generation written below.
                 await self._purger.forget(ident)
             generation = max(generation, case.get("generation", 0) + 1)
         user_at = await self._activity.last_active(tenant, owner) if owner else None

@@ -29,6 +29,13 @@ class JanitorSettings(ServiceSettings):
         default_factory=lambda: list(DEFAULT_PURGE),
         description="Collections holding an inbox's stored data, keyed by tenant_id + inbox_id.",
     )
+    janitor_purge_stored_at_field: str = Field(
+        default="stored_at",
+        description=(
+            "Field (a datetime) in which the data's writers record when they stored a document: a purge"
+            " deletes only documents stored before the deactivation. Documents without it count as older."
+        ),
+    )
     janitor_incremental: bool = Field(
         default=True,
         description=(

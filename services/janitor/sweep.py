@@ -48,6 +48,7 @@ from .cleanup_policy import Case, Decision, InboxFacts, Thresholds, decide
 from .clock import Clock
 from .lease import Lease
 from .purge import CASES, Purger
+from .purge_policy import purge_bound
 from .schedule import SCHEDULE, Schedule, bucket_id, fingerprint, hour_of
 
 log = logging.getLogger("mailsync.janitor.sweep")
@@ -434,11 +435,26 @@ class Sweeper:
     async def _purge(self, fresh: Document, stats: SweepStats) -> None:
         if fresh.get("status") != "deactivating":
             return
-        now_deleted, total = await self._purger.run(fresh["_id"], fresh["tenant_id"], fresh["inbox_id"])
-        stats.purged_documents += now_deleted
+        result = await self._purger.run(
+            fresh["_id"],
+            fresh["tenant_id"],
+            fresh["inbox_id"],
+            bound=purge_bound(fresh, self._clock.now()),
+            generation=fresh.get("generation", 0),
+        )
+        stats.purged_documents += result.deleted_now
+        change: dict[str, Any] = {
+            "status": "deactivated",
+            "purged_at": self._clock.now(),
+            "purged": result.deleted_total,
+        }
+        if result.stopped is not None:
+            # Reactivated mid-purge: what is left is the inbox's mail again; the reactivation closes the case.
+            change["purge_stopped"] = result.stopped
+            log.info("purge stopped: inbox reactivated", extra={"case": fresh["_id"], "why": result.stopped})
         done = await self.cases.update_one(
-            {"_id": fresh["_id"], "status": "deactivating", "generation": fresh["generation"]},
-            {"$set": {"status": "deactivated", "purged_at": self._clock.now(), "purged": total}},
+            {"_id": fresh["_id"], "status": "deactivating", "generation": fresh.get("generation", 0)},
+            {"$set": change},
         )
         await self._purger.forget(fresh["_id"])
         if done.modified_count == 1:

@@ -44,11 +44,19 @@ def setup(rt: Runtime) -> None:
             timeout=settings.sender_imap_timeout_seconds,
             tls=tls,
             sessions_per_inbox=settings.sender_imap_sessions_per_inbox,
+            account_connections=settings.imap_connections_per_account,
         ),
         keyring=keyring,
         http=http,
     )
-    outbox = Outbox(rt.db, rt.publisher, rt.source, wake=delivery.wake, inbox_lookup=delivery.inbox_doc)
+    outbox = Outbox(
+        rt.db,
+        rt.publisher,
+        rt.source,
+        wake=delivery.wake,
+        inbox_lookup=delivery.inbox_doc,
+        handoff=delivery,
+    )
     # Batched intake: a poll's commands cost a few writes together. Both handlers are idempotent by
     # their own keys (idempotency key, message key), so no per-event markers are written.
     batch = settings.sender_intake_batch_size

@@ -10,6 +10,12 @@ Exactly once in effect: the intent (`status: sending`, attempts+1) is stored bef
 outcome right after SMTP answered. A queue document found in `sending` whose lease expired belongs to a
 process that died in between: its Sent folder is searched for our Message-ID before any resend. Every
 write carries the claim token, so a process that lost its claim stops instead of sending twice.
+
+The usual path costs no claim at all: the intake inserts a due entry already claimed (intent and lease
+included; the unique `_id` lets one inserter win) and hands it over in memory (`preclaim`, `take`).
+Scans of the queue find the rest (retries, scheduled sends, expired leases). A send holds one of
+`sender_concurrency` slots until SMTP answered; the outcome, the events and the Sent copy follow
+outside it, their database writes group-committed with other sends'.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from . import limits
 from .admission import admit
 from .attachments import AttachmentUnavailable, resolve
 from .batching import GroupCommit
-from .compose import ComposeError, ReplyContext, compose, envelope_recipients, to_wire
+from .compose import ComposeError, ReplyContext, compose_wire, envelope_recipients
 from .failures import Failure, backoff_seconds, classify_smtp, retry_decision
 from .imap_sent import ImapFailure, SentMailbox
 from .logins import Login, login_for
@@ -75,8 +81,14 @@ REPLY_CONTEXT = "reply_context"
 INBOXES = "inboxes"
 
 INBOX_CACHE_SECONDS = 3.0
-FLUSH_BATCH = 64  # finished queue entries dropped together
-FLUSH_SECONDS = 0.5  # ... or after this long
+INBOX_STALE_SECONDS = 30.0  # an expired copy serves this long at most while its refresh is out
+FLUSH_BATCH = 256  # finished queue entries dropped together
+FLUSH_SECONDS = 2.0  # ... or after this long
+TRAILING = 16  # sends past SMTP (Sent copy, outcome) held at most, per send slot ...
+TRAILING_BYTES = 256 * 1024 * 1024  # ... and their messages' bytes at most
+TAKE_WAIT_SECONDS = 30.0  # the intake waits this long at most for room in the backlog
+BUSY_SCAN_SECONDS = 5.0
+STOP_STEP_SECONDS = 5.0  # with every slot taken, the queue is scanned for other due work this seldom
 DUPLICATE_KEY = 11000
 
 log = logging.getLogger("mailsync.sender.delivery")
@@ -89,6 +101,12 @@ async def _insert_ignoring_duplicates(collection: Any, docs: list[dict[str, Any]
         # A document written before (a retried batch, a recovered request) is fine; anything else is not.
         if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
             raise
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Marks a background future's failure as seen (its waiters, if any, get it themselves)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class LostClaim(Exception):
@@ -198,19 +216,76 @@ class Delivery:
         self._now = clock
         self._rand = rand or random.Random()
         self._wake = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()  # sends before or in SMTP: the send slots
+        # Past SMTP (outcome, events, Sent copy), with the size of the message each still holds.
+        self._trailing: dict[asyncio.Task[None], int] = {}
+        self._trailing_bytes = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._inbox_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._inbox_reads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._finished: list[str] = []
         self._flush_due = 0.0
+        self._flush_task: asyncio.Task[None] | None = None
         self._journal = GroupCommit(self._write_journal)
         self._outcomes = GroupCommit(self._write_outcomes)
+        # Claimed entries waiting for a free slot: (queue document, claim token, when claimed).
+        self._backlog: deque[tuple[dict[str, Any], str, float]] = deque()
+        self._room = asyncio.Event()  # set while the backlog is short enough for more intake
+        self._room.set()
+        self._scan_wanted = True
+        self._next_scan = 0.0
+        self._scan_task: asyncio.Task[None] | None = None
 
     # ---- loop ---------------------------------------------------------------------------------
 
     def wake(self) -> None:
+        """New `queued` entries in the database: look for due work now."""
+        self._scan_wanted = True
         self._wake.set()
+
+    def preclaim(self, queued: dict[str, Any]) -> bool:
+        """Make a new queue entry, due now, claimed by this process as it is inserted.
+
+        The intake's insert (unique `_id`: exactly one inserter wins) then stores the claim and the
+        intent together (`status: sending`, attempts 1, lease in `next_at`), and `take` hands the entry
+        over in memory: no claim scan of the queue, no claim write. Entries due later stay `queued`.
+        """
+        due = queued.get("next_at")
+        if not isinstance(due, datetime) or self._stopping:
+            return False
+        if len(self._backlog) >= self._s.sender_concurrency + self._s.sender_intake_batch_size:
+            return False  # `take` gave up waiting for room: stays `queued`, for a scan later
+        now = self._now()
+        if (due if due.tzinfo is not None else due.replace(tzinfo=UTC)) > now:
+            return False
+        queued.update(
+            {
+                "status": "sending",
+                "attempts": 1,
+                "claim": uuid.uuid4().hex,
+                "next_at": now + timedelta(seconds=self._s.sender_lease_seconds),
+            }
+        )
+        return True
+
+    async def take(self, claimed: list[dict[str, Any]]) -> None:
+        """Entries `preclaim`ed and inserted by the intake; returns once the backlog has room again,
+        so the intake (and Kafka consumption) keeps pace with sending instead of claiming far ahead."""
+        at = time.monotonic()
+        for doc in claimed:
+            doc["status"] = "queued"  # in memory: still to be sent; the intent is already stored
+            doc["intent_stored"] = True
+            self._backlog.append((doc, doc["claim"], at))
+        self._wake.set()
+        # Bounded: the intake must not hang on sends that cannot progress (e.g. while shutting down).
+        deadline = time.monotonic() + min(TAKE_WAIT_SECONDS, self._s.sender_lease_seconds / 4)
+        while len(self._backlog) > self._s.sender_concurrency and not self._stopping:
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                break
 
     async def start(self) -> None:
         await self._db[SEND_QUEUE].create_index("next_at")
@@ -218,22 +293,46 @@ class Delivery:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._room.set()
         self._wake.set()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        if self._inflight:
+        for task in (self._scan_task, self._flush_task):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 5.0)
+        if self._inflight or self._trailing:
             # In-flight sends finish (their outcome is stored); anything left is recovered by lease.
-            await asyncio.wait(self._inflight, timeout=self._s.shutdown_timeout_seconds / 2)
-        for batch in (self._journal, self._outcomes):
+            pending = self._inflight | set(self._trailing)
+            await asyncio.wait(pending, timeout=self._s.shutdown_timeout_seconds / 2)
+        # Each step bounded: what does not finish is recovered by lease after a restart.
+        for step in (
+            self._journal.close(),
+            self._outcomes.close(),
+            self._flush_finished(),
+            self._release_backlog(),
+        ):
             with contextlib.suppress(Exception):
-                await batch.close()
-        with contextlib.suppress(Exception):
-            await self._flush_finished()
+                await asyncio.wait_for(step, STOP_STEP_SECONDS)
         for closing in (self._smtp.close(), self._imap.close()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(closing, 5.0)
+
+    async def _release_backlog(self) -> None:
+        """Claimed but never started: back to `queued` and due now, so a restart sends them at once
+        instead of after the lease (and without a Sent-folder search: no SMTP was tried)."""
+        fresh = [q["_id"] for q, _, _ in self._backlog if q.get("intent_stored")]
+        self._backlog.clear()
+        if fresh:
+            await self._db[SEND_QUEUE].update_many(
+                {"_id": {"$in": fresh}, "status": "sending"},
+                {
+                    "$set": {"status": "queued", "next_at": self._now(), "claim": None},
+                    "$inc": {"attempts": -1},
+                },
+            )
 
     async def _write_journal(self, docs: list[dict[str, Any]]) -> None:
         await _insert_ignoring_duplicates(self._db[SEND_JOURNAL], docs)
@@ -242,62 +341,106 @@ class Delivery:
         await _insert_ignoring_duplicates(self._db[SEND_OUTCOMES], docs)
         # Only now may the queue entries go: a crash before this finds no outcome and resumes.
         self._finished.extend(d["_id"] for d in docs)
+        self._wake.set()
 
-    async def _flush_finished(self, *, force: bool = True) -> None:
-        """Drop finished queue documents in one write (each delete scans the queue on FerretDB).
-
-        Unforced, it waits for a batch or a short while: a finished entry left a little longer holds
-        its lease and has its outcome stored, so nobody takes it up again meanwhile."""
+    async def _flush_finished(self) -> None:
+        """Drop finished queue documents in one round trip. The loop gathers them for a batch or a
+        short while: a finished entry left a little longer holds its lease and has its outcome stored,
+        so nobody takes it up again meanwhile."""
         if not self._finished:
-            return
-        if not force and len(self._finished) < FLUSH_BATCH and time.monotonic() < self._flush_due:
             return
         self._flush_due = time.monotonic() + FLUSH_SECONDS
         ids, self._finished = self._finished, []
         try:
-            # One `$in` delete per batch: one scan of the queue on FerretDB v1 (per-`_id` deletes are
-            # index lookups only with deploy/local/ferretdb.sh's _id patch, a scan each without it).
+            # One `$in` delete: one read of the (small) queue on FerretDB v1, whatever the batch size;
+            # per-`_id` deletes cost a write transaction each (measured slower from ~64 documents on).
             await self._db[SEND_QUEUE].delete_many({"_id": {"$in": ids}})
         except Exception:
             self._finished.extend(ids)
             raise
 
+    async def _flush_in_background(self) -> None:
+        try:
+            await self._flush_finished()
+        except Exception:
+            log.exception("dropping finished queue entries failed; retrying")
+
+    async def _scan(self, limit: int) -> None:
+        """Due entries the intake did not hand over: retries, scheduled sends, expired leases."""
+        try:
+            claimed = await self.claim(limit)
+        except Exception:
+            log.exception("claiming queued sends failed; retrying")
+            return
+        at = time.monotonic()
+        self._backlog.extend((q, token, at) for q, token in claimed)
+        self._scan_wanted = len(claimed) >= limit  # more may be due right now
+        self._wake.set()
+
+    def _start_due(self) -> None:
+        """Backlog entries into free slots; an entry that waited past half its lease is left for a
+        later claim (its lease runs out, so another process may already take it up)."""
+        concurrency = self._s.sender_concurrency
+        while (
+            self._backlog
+            and len(self._inflight) < concurrency
+            and len(self._trailing) < TRAILING * concurrency
+            and self._trailing_bytes < TRAILING_BYTES
+        ):
+            q, token, at = self._backlog.popleft()
+            if time.monotonic() - at > self._s.sender_lease_seconds / 2:
+                continue
+            task = asyncio.create_task(self._run(q, token))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        if len(self._backlog) <= concurrency:
+            self._room.set()
+
     async def _loop(self) -> None:
-        # Claims are batched ahead of the free slots (each claim scans the queue once on FerretDB);
-        # claimed entries wait here at most half their lease, else they are left for a new claim.
-        backlog: deque[tuple[dict[str, Any], str, float]] = deque()
+        # Work comes from the intake in memory (`take`) and from scans of the queue for what else is
+        # due (each scan reads the whole queue on FerretDB: only when asked for or every poll interval).
+        # Database writes run beside the loop, never in its way.
         while not self._stopping:
             self._wake.clear()
-            claimed: list[tuple[dict[str, Any], str]] = []
-            try:
-                await self._flush_finished(force=not self._inflight)
-            except Exception:
-                log.exception("dropping finished queue entries failed; retrying")
-            if not backlog and len(self._inflight) < self._s.sender_concurrency:
-                try:
-                    claimed = await self.claim(self._s.sender_concurrency * 2)
-                except Exception:
-                    log.exception("claiming queued sends failed; retrying")
-                    await asyncio.sleep(self._s.sender_poll_interval_seconds)
-                    continue
-                backlog.extend((q, token, time.monotonic()) for q, token in claimed)
-            while backlog and len(self._inflight) < self._s.sender_concurrency:
-                q, token, at = backlog.popleft()
-                if time.monotonic() - at > self._s.sender_lease_seconds / 2:
-                    continue  # its lease is running out: a later claim takes it up again
-                task = asyncio.create_task(self._run(q, token))
-                self._inflight.add(task)
-                task.add_done_callback(self._done)
-            if backlog:
-                await self._wake.wait()  # all slots busy: a finishing task wakes us
-                continue
-            if claimed and len(self._inflight) < self._s.sender_concurrency:
-                continue  # more may be due right now
+            flushing = self._flush_task is not None and not self._flush_task.done()
+            flush_due = len(self._finished) >= FLUSH_BATCH or time.monotonic() >= self._flush_due
+            if self._finished and not flushing and (flush_due or not (self._inflight or self._trailing)):
+                self._flush_task = asyncio.create_task(self._flush_in_background())
+            self._start_due()
+            concurrency = self._s.sender_concurrency
+            now = time.monotonic()
+            scanning = self._scan_task is not None and not self._scan_task.done()
+            busy = bool(self._backlog or self._inflight or self._trailing)
+            # While busy with other work only now and then: each scan costs the database a read of the
+            # whole queue (slowing every other write of ours), yet retries and recoveries must not starve.
+            if not scanning and (
+                (not busy and (self._scan_wanted or now >= self._next_scan))
+                or now >= self._next_scan + BUSY_SCAN_SECONDS
+            ):
+                self._scan_wanted = False
+                self._next_scan = now + self._s.sender_poll_interval_seconds
+                self._scan_task = asyncio.create_task(self._scan(concurrency))
+            scan_at = self._next_scan + (BUSY_SCAN_SECONDS if busy else 0.0)
+            # A running scan wakes the loop when it is done.
+            timeout = FLUSH_SECONDS if scanning else max(0.01, scan_at - time.monotonic())
+            if self._finished:
+                timeout = min(timeout, FLUSH_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._s.sender_poll_interval_seconds)
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _leave_slot(self, size: int) -> None:
+        """SMTP is over for this send: its slot goes to the next one while it stores the outcome and
+        the Sent copy (bounded separately, by count and by the bytes of the messages held)."""
+        task = asyncio.current_task()
+        if task is not None and task in self._inflight:
+            self._inflight.discard(task)
+            self._trailing[task] = size
+            self._trailing_bytes += size
+            self._wake.set()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._trailing_bytes -= self._trailing.pop(task, 0)
         self._wake.set()
 
     async def claim(self, limit: int) -> list[tuple[dict[str, Any], str]]:
@@ -463,8 +606,21 @@ class Delivery:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        # Concurrent sends of one inbox share one read when the cache entry runs out; while it is out,
+        # the expired copy still serves (it lags by that read's duration, bounded by INBOX_STALE_SECONDS).
+        reading = self._inbox_reads.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_inbox(key))
+            self._inbox_reads[key] = reading
+            reading.add_done_callback(lambda _: self._inbox_reads.pop(key, None))
+            reading.add_done_callback(_seen)
+        if cached is not None and cached[0] + INBOX_STALE_SECONDS > now:
+            return cached[1]
+        return await asyncio.shield(reading)
+
+    async def _read_inbox(self, key: str) -> dict[str, Any] | None:
         doc = await self._db[INBOXES].find_one({"_id": key})
-        self._inbox_cache[key] = (now + INBOX_CACHE_SECONDS, doc)
+        self._inbox_cache[key] = (time.monotonic() + INBOX_CACHE_SECONDS, doc)
         return doc
 
     async def _inbox(self, w: _Work) -> InboxRecord | Failure:
@@ -548,7 +704,7 @@ class Delivery:
                 w.cmd.attachments, self._db, self._http, self._s.sender_max_message_bytes
             )
             date = w.q.get("date") or self._now()
-            msg = compose(
+            raw = compose_wire(
                 w.cmd,
                 send_id=w.q["send_id"],
                 message_id=w.q["message_id"],
@@ -556,7 +712,6 @@ class Delivery:
                 reply=reply,
                 attachments=attachments,
             )
-            raw = to_wire(msg)
         except ComposeError as exc:
             await self._fail(w, Failure(False, ErrorInfo(code=exc.code, message=str(exc), field=exc.field)))
             return True
@@ -645,6 +800,7 @@ class Delivery:
         else:
             await self._save(w, {"status": "sending", "attempts": int(w.q.get("attempts", 0)) + 1})
         result = await self._submit(w, record, raw)
+        self._leave_slot(len(raw))
         if isinstance(result, bool):
             return result
         w.raw = raw
@@ -786,15 +942,13 @@ class Delivery:
                 attachments = await resolve(
                     w.cmd.attachments, self._db, self._http, self._s.sender_max_message_bytes
                 )
-                raw = to_wire(
-                    compose(
-                        w.cmd,
-                        send_id=q["send_id"],
-                        message_id=q["message_id"],
-                        date=q["date"],
-                        reply=ReplyContext(reply["message_id"], reply["references"]) if reply else None,
-                        attachments=attachments,
-                    )
+                raw = compose_wire(
+                    w.cmd,
+                    send_id=q["send_id"],
+                    message_id=q["message_id"],
+                    date=q["date"],
+                    reply=ReplyContext(reply["message_id"], reply["references"]) if reply else None,
+                    attachments=attachments,
                 )
             # Search first, append only when absent: a retry never duplicates the copy.
             stored = await self._imap.copy_once(record, login, q["message_id"], raw, q["date"])

@@ -7,6 +7,10 @@ EXAMINE (see tests/integration/test_mail_lab.py); the sender's IMAP use is a few
 message, so a thread per operation is cheap. One authenticated session per inbox is reused; any error
 drops it. Only `EXAMINE` (read-only) and `APPEND` touch the mailbox; `CREATE` only when no Sent
 folder exists at all.
+
+Concurrent `copy_once` calls of one inbox are gathered: a session takes up to `imap_batch.MAX_BATCH`
+waiting copies, searches for all their Message-IDs at once and appends the absent ones pipelined
+(servers with LITERAL+; others get the search and APPEND per message).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, TypeVar
 
+from mailsync.connection_budget import connection_shares
 from mailsync.inbox_record import InboxRecord
 
+from . import imap_batch
 from .logins import Login
 from .sent_copy import CREATE_NAME, ListedFolder, choose_sent_folder, parse_list_line, quote
 
@@ -89,6 +95,13 @@ class _Session:
     def __init__(self, conn: imaplib.IMAP4) -> None:
         self.conn = conn
         self.selected: str | None = None
+        self.broken = False  # set when the connection failed midway (some results were still read)
+        self._tags = 0
+
+    def next_tag(self) -> str:
+        # imaplib's tags are letters + a number; ours are told apart by the prefix.
+        self._tags += 1
+        return f"MS{self._tags}"
 
     def close(self) -> None:
         with contextlib.suppress(imaplib.IMAP4.error, OSError):
@@ -96,13 +109,24 @@ class _Session:
 
 
 class ImaplibSentMailboxes:
-    def __init__(self, *, timeout: float, tls: ssl.SSLContext, sessions_per_inbox: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        tls: ssl.SSLContext,
+        sessions_per_inbox: int = 2,
+        account_connections: int | None = None,
+    ) -> None:
         self._timeout = timeout
         self._tls = tls
         self._per_inbox = sessions_per_inbox
+        self._account_connections = account_connections  # MAILSYNC_IMAP_CONNECTIONS_PER_ACCOUNT
         self._idle: dict[str, list[_Session]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._sent_names: dict[str, str] = {}
+        self._waiting: dict[str, list[_CopyJob]] = {}
+        self._copiers: dict[str, int] = {}
+        self._copier_tasks: set[asyncio.Task[None]] = set()
 
     def _open_blocking(self, record: InboxRecord, login: Login) -> _Session:
         server = record.imap
@@ -141,7 +165,9 @@ class ImaplibSentMailboxes:
 
     async def _run(self, record: InboxRecord, login: LoginSource, op: Callable[[_Session], T]) -> T:
         """Run `op` in a thread on an idle session of the inbox (at most `sessions_per_inbox` open)."""
-        slot = self._slots.setdefault(record.id, asyncio.Semaphore(self._per_inbox))
+        # Never more than the sender's share of the account's connections (the fetcher holds the rest).
+        share = connection_shares(record.provider, record.imap.host, self._account_connections).sender
+        slot = self._slots.setdefault(record.id, asyncio.Semaphore(min(self._per_inbox, share)))
         async with slot:
             idle = self._idle.setdefault(record.id, [])
             session = idle.pop() if idle else None
@@ -158,7 +184,10 @@ class ImaplibSentMailboxes:
                 raise ImapFailure(
                     "imap.connection_lost", f"IMAP session failed: {type(exc).__name__}: {exc}"[:300]
                 ) from None
-            idle.append(session)
+            if session.broken:
+                threading.Thread(target=session.close, daemon=True).start()
+            else:
+                idle.append(session)
             return result
 
     def _sent_folder(self, key: str, s: _Session) -> str:
@@ -177,20 +206,24 @@ class ImaplibSentMailboxes:
         return found
 
     @staticmethod
-    def _find(s: _Session, folder: str, message_id: str) -> int | None:
+    def _select(s: _Session, folder: str) -> None:
         # EXAMINE: read-only; the user's mailbox is theirs. Once open, each command (the SEARCH
         # itself) makes the server report new mail, so it is not re-opened per message.
         if s.selected != folder:
             typ, data = s.conn.select(quote(folder), readonly=True)
             _check(typ, data, f"EXAMINE {folder}")
             s.selected = folder
+
+    @staticmethod
+    def _find(s: _Session, folder: str, message_id: str) -> int | None:
+        ImaplibSentMailboxes._select(s, folder)
         typ, data = s.conn.uid("SEARCH", "HEADER", "Message-ID", quote(message_id))
         _check(typ, data, "UID SEARCH")
         uids = [int(u) for chunk in data if isinstance(chunk, bytes) for u in chunk.split()]
         return uids[-1] if uids else None
 
     @staticmethod
-    def _append(s: _Session, folder: str, raw: bytes, when: datetime) -> Appended:
+    def _append(s: _Session, folder: str, raw: bytes, when: datetime | str) -> Appended:
         typ, data = s.conn.append(quote(folder), "(\\Seen)", imaplib.Time2Internaldate(when), raw)
         _check(typ, data, f"APPEND {folder}")
         blob = b" ".join(d for d in data if isinstance(d, bytes))
@@ -211,21 +244,130 @@ class ImaplibSentMailboxes:
     async def copy_once(
         self, record: InboxRecord, login: LoginSource, message_id: str, raw: bytes, when: datetime
     ) -> StoredCopy:
-        def op(s: _Session) -> StoredCopy:
-            folder = self._sent_folder(record.id, s)
-            uid = self._find(s, folder, message_id)
-            if uid is not None:
-                return StoredCopy(folder, uid, None, "already_present")
-            appended = self._append(s, folder, raw, when)
-            return StoredCopy(folder, appended.uid, appended.uidvalidity, "appended")
+        item = imap_batch.CopyItem(message_id, raw, imaplib.Time2Internaldate(when))
+        job = _CopyJob(item, asyncio.get_running_loop().create_future())
+        self._waiting.setdefault(record.id, []).append(job)
+        if self._copiers.get(record.id, 0) < self._per_inbox:
+            self._copiers[record.id] = self._copiers.get(record.id, 0) + 1
+            task = asyncio.create_task(self._copier(record, login))
+            self._copier_tasks.add(task)
+            task.add_done_callback(self._copier_tasks.discard)
+        return await job.done
 
-        return await self._run(record, login, op)
+    async def _copier(self, record: InboxRecord, login: LoginSource) -> None:
+        """Takes the inbox's waiting copies a batch at a time until none is left."""
+        waiting = self._waiting.setdefault(record.id, [])
+        try:
+            while waiting:
+                jobs = waiting[: imap_batch.MAX_BATCH]
+                del waiting[: len(jobs)]
+                jobs = [j for j in jobs if not j.done.done()]  # the caller gave up (shutdown)
+                if jobs:
+                    await self._copy_jobs(record, login, jobs)
+        finally:
+            self._copiers[record.id] -= 1
+
+    async def _copy_jobs(self, record: InboxRecord, login: LoginSource, jobs: list[_CopyJob]) -> None:
+        def op(s: _Session) -> list[StoredCopy | ImapFailure]:
+            return self._copy_batch(record.id, s, jobs)
+
+        results: list[StoredCopy | BaseException]
+        try:
+            results = list(await self._run(record, login, op))
+        except Exception as exc:  # the session, the login or the search failed: every copy of the batch
+            results = [exc] * len(jobs)
+        for job, result in zip(jobs, results, strict=True):
+            if job.done.done():
+                continue
+            if isinstance(result, BaseException):
+                job.done.set_exception(result)
+            else:
+                job.done.set_result(result)
+
+    def _copy_batch(self, key: str, s: _Session, jobs: list[_CopyJob]) -> list[StoredCopy | ImapFailure]:
+        folder = self._sent_folder(key, s)
+        if len(jobs) == 1 or b"LITERAL+" not in _capabilities(s):
+            return [self._copy_one(s, folder, job.item) for job in jobs]
+        self._select(s, folder)
+        # Search first, append only when absent: a retry never duplicates the copy. Any hit (rare: a
+        # resumed copy) sends the batch the per-message way, which tells which one is there.
+        typ, data = s.conn.uid("SEARCH", *imap_batch.search_any([j.item.message_id for j in jobs]))
+        _check(typ, data, "UID SEARCH")
+        if any(chunk.strip() for chunk in data if isinstance(chunk, bytes)):
+            return [self._copy_one(s, folder, job.item) for job in jobs]
+        return self._append_pipelined(s, folder, [job.item for job in jobs])
+
+    def _copy_one(self, s: _Session, folder: str, item: imap_batch.CopyItem) -> StoredCopy | ImapFailure:
+        uid = self._find(s, folder, item.message_id)
+        if uid is not None:
+            return StoredCopy(folder, uid, None, "already_present")
+        try:
+            appended = self._append(s, folder, item.raw, item.internal_date)
+        except ImapFailure as exc:
+            return exc
+        return StoredCopy(folder, appended.uid, appended.uidvalidity, "appended")
+
+    @staticmethod
+    def _append_pipelined(
+        s: _Session, folder: str, items: list[imap_batch.CopyItem]
+    ) -> list[StoredCopy | ImapFailure]:
+        tags = [s.next_tag() for _ in items]
+        pending = dict.fromkeys(tags)
+        results: dict[str, StoredCopy | ImapFailure] = {}
+        try:
+            s.conn.send(imap_batch.append_commands(tags, folder, items))
+            while len(results) < len(tags):
+                line = _read_response_line(s.conn)
+                done = imap_batch.parse_tagged(line)
+                if done is None or done.tag not in pending:
+                    continue  # untagged news (EXISTS, RECENT) or someone else's
+                if done.status == "OK":
+                    uid, validity = imap_batch.appended_uid(done.text)
+                    results[done.tag] = StoredCopy(folder, uid, validity, "appended")
+                else:
+                    results[done.tag] = ImapFailure(
+                        "imap.command_failed", f"APPEND {folder} failed: {done.status} {done.text}"[:300]
+                    )
+        except (imaplib.IMAP4.error, OSError, EOFError) as exc:
+            # What was answered stands; the rest may or may not be in: a retry searches first.
+            s.broken = True
+            lost = ImapFailure(
+                "imap.connection_lost", f"IMAP session failed: {type(exc).__name__}: {exc}"[:300]
+            )
+            return [results.get(tag, lost) for tag in tags]
+        return [results[tag] for tag in tags]
 
     async def close(self) -> None:
         sessions = [s for idle in self._idle.values() for s in idle]
         self._idle.clear()
         for s in sessions:
             await asyncio.to_thread(s.close)
+
+
+@dataclass
+class _CopyJob:
+    item: imap_batch.CopyItem
+    done: asyncio.Future[StoredCopy]
+
+
+def _capabilities(s: _Session) -> set[bytes]:
+    return {c.encode() if isinstance(c, str) else c for c in s.conn.capabilities}
+
+
+def _read_response_line(conn: imaplib.IMAP4) -> bytes:
+    """One response line, with any literal it announces read along (untagged data may carry one)."""
+    line = conn.readline()
+    if not line:
+        raise EOFError("the IMAP server closed the connection")
+    size = imap_batch.literal_length(line)
+    while size is not None:
+        conn.read(size)
+        more = conn.readline()
+        if not more:
+            raise EOFError("the IMAP server closed the connection")
+        line = more
+        size = imap_batch.literal_length(more)
+    return line
 
 
 def _parse_listing(data: Sequence[object]) -> list[ListedFolder]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
@@ -56,6 +56,22 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].strip().lower()
 
 
+def _without_command(queued: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in queued.items() if k != "command"}
+
+
+class Handoff(Protocol):
+    """The delivery loop of this process, taking due entries straight from the intake."""
+
+    def preclaim(self, queued: dict[str, Any]) -> bool:
+        """Stamp a new queue entry as claimed by this process (before its insert); False: not due."""
+        ...
+
+    async def take(self, claimed: list[dict[str, Any]]) -> None:
+        """The stamped entries whose insert succeeded; may wait for room (backpressure)."""
+        ...
+
+
 class Outbox:
     def __init__(
         self,
@@ -64,12 +80,15 @@ class Outbox:
         source: str,
         wake: Callable[[], None] = lambda: None,
         inbox_lookup: Callable[[str, str], Awaitable[dict[str, Any] | None]] | None = None,
+        *,
+        handoff: Handoff | None = None,
     ) -> None:
         self._db = db
         self._publisher = publisher
         self._source = source
         self._wake = wake
         self._inbox_lookup = inbox_lookup
+        self._handoff = handoff
 
     async def apply(self, event: Envelope[Any]) -> None:
         if isinstance(event, SendRequested):
@@ -200,11 +219,25 @@ class Outbox:
     async def _admit_many(self, docs: list[dict[str, Any]]) -> None:
         duplicates = await _insert_many(self._db[SEND_REQUESTS], docs)
         fresh = [doc for i, doc in enumerate(docs) if i not in duplicates]
+        taken: list[dict[str, Any]] = []
         if fresh:
             # Queued before the duplicates are looked at: a key repeated within the batch then finds
-            # its queue entry in place.
-            await _insert_many(self._db[SEND_QUEUE], [self._queue_doc(doc) for doc in fresh])
-            self._wake()
+            # its queue entry in place. Due entries are claimed by the insert itself and handed to this
+            # process's delivery loop in memory; an entry whose insert lost (already queued) is not ours.
+            queued = [self._queue_doc(doc) for doc in fresh]
+            handoff = self._handoff
+            claimed = [handoff is not None and handoff.preclaim(q) for q in queued]
+            # A handed-over entry carries its command in memory only: the stored one stays small (the
+            # queue is scanned for due work), and a later claim reads the request instead.
+            stored = [_without_command(q) if claimed[i] else q for i, q in enumerate(queued)]
+            lost = await _insert_many(self._db[SEND_QUEUE], stored)
+            taken = [
+                {**q, "command": doc["command"]}
+                for i, (q, doc) in enumerate(zip(queued, fresh, strict=True))
+                if claimed[i] and i not in lost
+            ]
+            if len(taken) < len(queued):
+                self._wake()
         for i in sorted(duplicates):
             doc = docs[i]
             existing = await self._db[SEND_REQUESTS].find_one({"_id": doc["_id"]}, {"status": 1})
@@ -214,6 +247,8 @@ class Outbox:
             # Refused before (e.g. the alias was added since): admitted now.
             await self._db[SEND_REQUESTS].replace_one({"_id": doc["_id"], "status": "refused"}, doc)
             await self._enqueue(doc)
+        if taken and self._handoff is not None:
+            await self._handoff.take(taken)
 
     def _queue_doc(self, doc: dict[str, Any]) -> dict[str, Any]:
         queued = {

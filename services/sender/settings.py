@@ -49,7 +49,11 @@ class SenderSettings(ServiceSettings):
     sender_imap_timeout_seconds: float = Field(default=60.0, gt=0)
     sender_smtp_connections_per_inbox: int = Field(default=4, ge=1, le=32)
     sender_imap_sessions_per_inbox: int = Field(
-        default=2, ge=1, le=10, description="For the Sent copy; the fetcher holds its own sessions."
+        default=2,
+        ge=1,
+        le=10,
+        description="For the Sent copy; never more than the sender's share of the account's IMAP "
+        "connections (mailsync/connection_budget.py), the fetcher holding the rest.",
     )
     sender_smtp_idle_seconds: float = Field(
         default=15.0, ge=0, description="Reuse an SMTP session this long."

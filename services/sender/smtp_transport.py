@@ -51,6 +51,13 @@ class SmtpTransport(Protocol):
     async def close(self) -> None: ...
 
 
+def xoauth2_refresh_may_help(code: int, *, refreshed: bool) -> bool:
+    """Whether a refused XOAUTH2 login is worth one forced token refresh: only a permanent refusal
+    (5xx) of a token we did not mint for this very login. A 4xx (454 temporary authentication
+    failure) is the server's trouble, and a refused fresh token stays refused after another refresh."""
+    return 500 <= code < 600 and not refreshed
+
+
 def tls_context(verify: bool, cafile: str | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if cafile:
@@ -118,7 +125,9 @@ class AioSmtpTransport:
                 if creds.mechanism == "xoauth2":
                     try:
                         await smtp.auth_xoauth2(creds.username, creds.secret)
-                    except aiosmtplib.SMTPAuthenticationError:
+                    except aiosmtplib.SMTPAuthenticationError as exc:
+                        if not xoauth2_refresh_may_help(exc.code, refreshed=bool(creds.update)):
+                            raise
                         # The stored token may have been revoked early: one forced refresh, then give up.
                         creds = await login(True)
                         await smtp.auth_xoauth2(creds.username, creds.secret)

@@ -19,13 +19,15 @@ from mailsync.outbound_ids import (
     send_id_from_message_id,
     send_ids_in,
 )
-from services.sender import limits
+from services.sender import imap_batch, limits
 from services.sender.batching import GroupCommit
 from services.sender.compose import (
     ComposeError,
     ReplyContext,
     ResolvedAttachment,
+    _plain_wire,
     compose,
+    compose_wire,
     envelope_recipients,
     threading_headers,
     to_wire,
@@ -224,3 +226,116 @@ def test_group_commit_batches_and_fails_together() -> None:
         assert batches[-1] == [0, 1, 2]
 
     asyncio.run(main())
+
+
+def test_group_commit_gathers_what_comes_during_a_write_into_the_next_one() -> None:
+    batches: list[list[int]] = []
+    first_started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def write(items: list[int]) -> None:
+        batches.append(items)
+        if len(batches) == 1:
+            first_started.set()
+            await release.wait()
+
+    async def main() -> None:
+        gc = GroupCommit(write, window=0.001)
+        first = asyncio.ensure_future(gc.add(0))
+        await first_started.wait()
+        # While the first write is out, no timer starts another: these wait and go together.
+        later = [asyncio.ensure_future(gc.add(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        assert batches == [[0]]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 1.0)
+        assert batches == [[0], [1, 2, 3, 4, 5]]
+        await gc.close()
+
+    asyncio.run(main())
+
+
+def _random_text(rng: random.Random, n: int, chars: str) -> str:
+    return "".join(rng.choice(chars) for _ in range(rng.randint(0, n)))
+
+
+def test_compose_wire_writes_plain_messages_as_the_email_package_does() -> None:
+    """The direct writer of plain ASCII text messages gives the very bytes `compose` + `to_wire` give;
+    anything it cannot write the same way goes to the email package."""
+    rng = random.Random(6)
+    chars = "abcXYZ019 .,'-_:;!?()<>@\"=\t"
+    direct = 0
+    for i in range(800):
+        name = rng.choice([None, "Alice Bench", "O'Brien-Smith", _random_text(rng, 20, chars)])
+        try:
+            cmd = _cmd(
+                **{"from": Address(email="alice@example.com", name=name)},
+                to=[
+                    Address(
+                        email=rng.choice(["bob@example.com", "x.y+z@a-b.example.org"]),
+                        name=rng.choice([None, "Bob"]),
+                    )
+                    for _ in range(rng.randint(1, 4))
+                ],
+                cc=[Address(email="carol@example.com")] if rng.random() < 0.3 else [],
+                subject=rng.choice(
+                    [_random_text(rng, 80, chars), "Quote 42", "", " lead", "a  b", "=?utf-8?q?x?="]
+                ),
+                text=rng.choice(
+                    [
+                        _random_text(rng, 200, chars + "\n\r"),
+                        "Hello.\n" * 5,
+                        "x" * 79,
+                        "x" * 78,
+                        "a\r\nb\rc\n",
+                        "caf\u00e9",
+                    ]
+                ),
+            )
+        except ValueError:
+            continue
+        reply = rng.choice(
+            [None, ReplyContext("<p.1@example.com>", ["<a@b.example>"]), ReplyContext("p2@x.example", [])]
+        )
+        sid = send_id_for("t1", "in1", f"k{i}")
+        args = {"send_id": sid, "message_id": message_id_for(sid, "example.com"), "date": NOW, "reply": reply}
+        try:
+            expected = to_wire(compose(cmd, **args))  # type: ignore[arg-type]
+        except ComposeError:
+            with pytest.raises(ComposeError):
+                compose_wire(cmd, **args)  # type: ignore[arg-type]
+            continue
+        assert compose_wire(cmd, **args) == expected  # type: ignore[arg-type]
+        direct += _plain_wire(cmd, **args) is not None  # type: ignore[arg-type]
+    assert direct > 80  # the direct path was exercised, not only the fallback
+
+
+def test_sent_copy_batch_wire_text() -> None:
+    assert imap_batch.search_any(["<a@x>"]) == ["HEADER", "Message-ID", '"<a@x>"']
+    assert imap_batch.search_any(["<a@x>", "<b@x>", "<c@x>"]) == [
+        "OR", "HEADER", "Message-ID", '"<a@x>"', "OR", "HEADER", "Message-ID", '"<b@x>"',
+        "HEADER", "Message-ID", '"<c@x>"',
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        imap_batch.search_any([])
+    items = [
+        imap_batch.CopyItem("<a@x>", b"Subject: a\n\nbody\n", '"22-Nov-2026 10:30:15 +0000"'),
+        imap_batch.CopyItem("<b@x>", b"Subject: b\r\n\r\nx", '"22-Nov-2026 10:30:16 +0000"'),
+    ]
+    wire = imap_batch.append_commands(["MS1", "MS2"], "Sent Items", items)
+    assert wire == (
+        b'MS1 APPEND "Sent Items" (\\Seen) "22-Nov-2026 10:30:15 +0000" {20+}\r\n'
+        b"Subject: a\r\n\r\nbody\r\n\r\n"
+        b'MS2 APPEND "Sent Items" (\\Seen) "22-Nov-2026 10:30:16 +0000" {15+}\r\n'
+        b"Subject: b\r\n\r\nx\r\n"
+    )
+    ok = imap_batch.parse_tagged(b"MS1 OK [APPENDUID 1764 57] Append completed.\r\n")
+    assert ok == imap_batch.Tagged("MS1", "OK", "[APPENDUID 1764 57] Append completed.")
+    assert imap_batch.appended_uid(ok.text) == (57, 1764)
+    assert imap_batch.appended_uid("Append completed.") == (None, None)
+    no = imap_batch.parse_tagged(b"MS2 NO [OVERQUOTA] Quota exceeded\r\n")
+    assert no is not None and no.status == "NO" and no.text.startswith("[OVERQUOTA]")
+    assert imap_batch.parse_tagged(b"* 12 EXISTS\r\n") is None
+    assert imap_batch.parse_tagged(b"+ OK\r\n") is None
+    assert imap_batch.literal_length(b"* 3 FETCH (BODY[] {120}\r\n") == 120
+    assert imap_batch.literal_length(b"* 3 FETCH (FLAGS (\\Seen))\r\n") is None

@@ -83,7 +83,12 @@ class ResponseFramer:
                 text = line
             out.append(RawResponse(text, tuple(self._literals)))
             self._literals = []
-        if self._pos > 65536 and self._pos > len(buf) // 2:
+        if self._pos == len(buf):
+            # All consumed (the usual case between responses): keep no buffer, so an idle connection
+            # holds nothing of what it received before (up to 64 KiB each otherwise).
+            self._buf = bytearray()
+            self._pos = self._scan = 0
+        elif self._pos > 65536 and self._pos > len(buf) // 2:
             del buf[: self._pos]
             self._scan -= self._pos
             self._pos = 0

@@ -35,6 +35,7 @@ from .protocol import (
     quote,
 )
 from .qresync import Vanished, merge, parse_vanished
+from .tls_buffers import share_read_buffer
 
 Security = Literal["tls", "starttls", "plain"]
 
@@ -115,6 +116,9 @@ class ImapSession:
         self._progress_from: tuple[float, int] | None = None
         # Untagged responses that arrived outside IDLE (EXISTS/EXPUNGE/FETCH/VANISHED during a command).
         self.unsolicited: list[Untagged] = []
+        # What ended the last IDLE, kept for the next sync pass (`take_wake`): new mail alone lets it
+        # skip the full pass. None once taken, so a stale wake never steers a later pass.
+        self._wake: list[Untagged] | None = None
 
     # ---- connection ---------------------------------------------------------------------------
 
@@ -140,6 +144,8 @@ class ImapSession:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if security == "tls":
+            share_read_buffer(writer.transport)
         session = cls(reader, writer, timeout=connect_timeout)
         try:
             greeting = await session._next()
@@ -169,6 +175,7 @@ class ImapSession:
                 await self._writer.start_tls(ctx, server_hostname=host)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise ConnectionLost(f"TLS handshake failed: {exc or type(exc).__name__}") from None
+        share_read_buffer(self._writer.transport)
         self.capabilities = frozenset()  # must be asked again after TLS (RFC 3501 6.2.1)
 
     def abort(self) -> None:
@@ -437,6 +444,7 @@ class ImapSession:
         woke: list[Untagged] = [u for u in self.unsolicited if u.kind in WAKE_KINDS]
         self.unsolicited.clear()
         if woke:
+            self._wake = woke
             return woke
         tag = self._send(b"IDLE")
         await self._writer.drain()
@@ -480,7 +488,13 @@ class ImapSession:
             raise ConnectionLost(
                 f"no answer to DONE within {done_timeout:.0f}s: connection is dead"
             ) from None
+        self._wake = woke
         return woke
+
+    def take_wake(self) -> list[Untagged] | None:
+        """What ended the last IDLE (empty: its time ran out), once; None when no IDLE ended since."""
+        wake, self._wake = self._wake, None
+        return wake
 
     def _note(self, u: Untagged) -> None:
         if u.kind in WAKE_KINDS:
@@ -496,5 +510,18 @@ def _vanished(untagged: list[Untagged]) -> Vanished | None:
         return None
 
 
+# Every connection to one server announces the same capabilities: one frozenset per distinct list,
+# shared, instead of ~30 new strings per connection (4 KiB each, 9% of an idle inbox's memory).
+# Bounded, so a server that varies its list cannot grow it without end.
+_CAPS_SEEN: dict[tuple[str, ...], frozenset[str]] = {}
+_CAPS_SEEN_MAX = 256
+
+
 def _caps(values: list[Value]) -> frozenset[str]:
-    return frozenset(str(v).upper() for v in values if isinstance(v, (str, int)))
+    names = tuple(str(v).upper() for v in values if isinstance(v, (str, int)))
+    caps = _CAPS_SEEN.get(names)
+    if caps is None:
+        caps = frozenset(names)
+        if len(_CAPS_SEEN) < _CAPS_SEEN_MAX:
+            _CAPS_SEEN[names] = caps
+    return caps

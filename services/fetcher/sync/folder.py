@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,11 +25,20 @@ from contracts.common import MessageRef
 from contracts.inbox import SyncProgress, SyncProgressData
 from contracts.messages import MessageDeleted, MessageDeletedData, MessageUpdated, MessageUpdatedData
 from mailsync import metrics
-from services.fetcher.imap.protocol import Value
+from services.fetcher.imap.protocol import Untagged, Value
 from services.fetcher.imap.seqset import chunks_desc, compress
 from services.fetcher.imap.session import ImapSession, MailboxState
 
-from .bodies import BodyStore, analyze
+from .bodies import (
+    HEADER_SECTION,
+    UNIT_BYTES,
+    WHOLE_SECTION,
+    BodyStore,
+    analyze,
+    header_of,
+    unit_length,
+    without_body,
+)
 from .cursor import CursorStore, FolderCursor
 from .messages import (
     GMAIL_ITEMS,
@@ -40,8 +50,12 @@ from .messages import (
     message_key,
     received_event,
 )
+from .wake import plan_wake, sort_new_mail, wake_exists
 
 MESSAGES = "messages"
+# Up to this many ids, stored documents are looked up one `_id` at a time (the unique index) rather than
+# with `$in`, which FerretDB answers by scanning the collection.
+BY_ID_LOOKUPS = 64
 DeleteReason = Literal["expunged", "moved", "uidvalidity_reset"]
 log = logging.getLogger("mailsync.fetcher.sync")
 
@@ -59,6 +73,10 @@ class SyncTuning:
     body_chunk: int = 250
     body_max_bytes: int = 25 * 1024 * 1024
     body_chunks_per_pass: int = 8  # bounds one pass, so new mail is not kept waiting by the backlog
+    # Bodies of mail announced from an IDLE wake wait for this much quiet (or `body_max_wait_seconds`),
+    # so a message arriving right after another is announced without waiting for its body fetch.
+    body_delay_seconds: float = 0.25
+    body_max_wait_seconds: float = 5.0
 
 
 @dataclass
@@ -79,6 +97,7 @@ class PassResult:
     vanished: int = 0  # expunges learnt from QRESYNC VANISHED (no UID set comparison)
     more: bool = False  # work left (body backlog): run the next pass at once instead of idling
     initial_completed_now: bool = False
+    idle_seconds: float | None = None  # deferred work waits: IDLE at most this long before the next pass
 
 
 def _uid(items: dict[str, Value]) -> int:
@@ -112,6 +131,14 @@ class FolderSync:
         self._publisher = publisher
         self._tuning = tuning
         self.cursor: FolderCursor | None = None
+        # Announced from an IDLE wake, documents not yet written: runs while the connection is back in
+        # IDLE, awaited before anything reads the store or saves the cursor.
+        self._writing: asyncio.Future[None] | None = None
+        # UIDs announced from an IDLE wake whose bodies are not stored yet. The stored cursor stays
+        # below them until they are, so a crash refetches their bodies.
+        self._bodies_pending: list[int] = []
+        self._unsaved = False  # the cursor in memory is ahead of the stored one
+        self._unsaved_since = 0.0
 
     @property
     def key(self) -> str:
@@ -132,7 +159,16 @@ class FolderSync:
     async def run_pass(self, session: ImapSession, *, reconcile: bool = False) -> PassResult:
         # This worker is the cursor's only writer (it holds the inbox's lease): after the first pass the
         # copy in memory is current, and a pass woken by IDLE skips a store round trip.
+        wake = session.take_wake()
         cur = self.cursor if self.cursor is not None else await self._cursors.load(self.key)
+        if cur is not None and not reconcile and self._on_wake(session, cur):
+            plan = plan_wake(wake, known_exists=cur.exists, limit=self._tuning.fetch_chunk)
+            if plan == "full" and wake == [] and self._unsaved:
+                plan = "nothing"  # the short IDLE before the deferred work ended quietly
+            if plan != "full":
+                return await self._woken(session, cur, wake if plan == "new_mail" else None)
+        await self._settle()  # a failure there drops the cursor in memory: resume from the stored one
+        cur = self.cursor if self.cursor is not None else cur
         # QRESYNC: the server tells what vanished since the cursor's MODSEQ (no UID set comparison).
         known = None
         if cur is not None and cur.initial_done and cur.highestmodseq:
@@ -150,6 +186,11 @@ class FolderSync:
             old = cur.uidvalidity
             cur = self._fresh(state)
             cur.rebuild, cur.previous_uidvalidity = True, old
+        if self._bodies_pending:
+            if cur is self.cursor:  # the folder is open again: store what waited, the pass saves after
+                await self._drain_bodies(session, result)
+            else:
+                self._bodies_pending.clear()
         self.cursor = cur
         if not cur.initial_done:
             await self._cursors.save(cur)
@@ -194,26 +235,45 @@ class FolderSync:
         """Store bodies, then say so with `message updated` (body_stored). Oversized: flagged only."""
         ctx = self.ctx
         extra = " MODSEQ" if "CONDSTORE" in session.capabilities else ""
-        extra += " X-GM-MSGID" if self._tuning.gmail else ""
+        # The labels too: the body's `message updated` carries them, and an empty list would read as
+        # "every label removed" to a consumer.
+        extra += " X-GM-MSGID X-GM-LABELS" if self._tuning.gmail else ""
         sizes = await session.uid_fetch(compress(uids), "UID RFC822.SIZE")
         cap = self._tuning.body_max_bytes
         small = [_uid(i) for i in sizes if _size(i) <= cap]
-        big = [_uid(i) for i in sizes if _uid(i) not in set(small)]
-        docs: list[dict[str, Any]] = []
-        events: list[Envelope[Any]] = []
+        big = [_uid(i) for i in sizes if _size(i) > cap]
         fetched = []
         if small:
             fetched = await session.uid_fetch(compress(small), f"UID FLAGS RFC822.SIZE BODY.PEEK[]{extra}")
         if big:
             heads = await session.uid_fetch(compress(big), f"UID FLAGS RFC822.SIZE BODY.PEEK[HEADER]{extra}")
             fetched += [{**h, "BODY[]": None} for h in heads]
+        docs, events = self._body_records(fetched)
+        # Stored first, then announced: a subscriber told `body_stored` finds the body.
+        await self._bodies.put_many(docs)
+        if events:
+            await self._publisher.publish_all(events)
+        result.bodies += len(events)
+        log.debug(
+            "bodies stored", extra={"inbox_id": ctx.inbox_id, "folder": ctx.folder, "count": len(events)}
+        )
+
+    def _body_records(
+        self, fetched: list[dict[str, Value]], keys: dict[int, str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[Envelope[Any]]]:
+        """Body documents and their `message updated` (body) events for FETCH results carrying
+        `BODY[]` (bytes; None: over the size cap, flagged `too_large`). `keys`: message keys already
+        computed by UID, so the headers are not parsed again."""
+        ctx = self.ctx
+        docs: list[dict[str, Any]] = []
+        events: list[Envelope[Any]] = []
         for got in fetched:
             raw = got.get("BODY[]")
             if isinstance(raw, bytes):
-                end = raw.find(b"\r\n\r\n")
-                got = {**got, "BODY[HEADER]": raw[: end + 4] if end >= 0 else raw}  # noqa: PLW2901
+                got = {**got, "BODY[HEADER]": header_of(raw)}  # noqa: PLW2901
             m = FetchedMessage(got)
-            key = message_key(m)
+            key = keys.get(m.uid) if keys else None
+            key = key or message_key(m)
             doc_id = ctx.doc_id(key)
             if isinstance(raw, bytes):
                 info = analyze(raw)
@@ -251,14 +311,7 @@ class FolderSync:
                     data=data, tenant_id=ctx.tenant_id, inbox_id=ctx.inbox_id, source=ctx.source, subject=key
                 )
             )
-        # Stored first, then announced: a subscriber told `body_stored` finds the body.
-        await self._bodies.put_many(docs)
-        if events:
-            await self._publisher.publish_all(events)
-        result.bodies += len(events)
-        log.debug(
-            "bodies stored", extra={"inbox_id": ctx.inbox_id, "folder": ctx.folder, "count": len(events)}
-        )
+        return docs, events
 
     def _fresh(self, state: MailboxState) -> FolderCursor:
         since = None
@@ -282,52 +335,43 @@ class FolderSync:
     # ---- initial / rebuild ----------------------------------------------------------------------
 
     async def _initial(self, session: ImapSession, cur: FolderCursor, result: PassResult) -> None:
-        if cur.initial_below <= 1:
-            return
-        crit = f"UID 1:{cur.initial_below - 1}"
-        if cur.initial_since is not None:
-            crit += f" SINCE {_imap_date(cur.initial_since)}"
-        remaining = [u for u in await session.uid_search(crit) if u < cur.initial_below]
+        """Newest first, in units of at most `fetch_chunk` messages. With bodies on, a unit's bodies
+        come in the same FETCH as its headers and are stored and announced with it (`bodies_below`
+        moves with `initial_below`): one download and one pass over the folder instead of two."""
+        inline = self._inline_bodies(cur)
+        remaining = await self._initial_remaining(session, cur)
         total = cur.initial_done_count + len(remaining)
-        chunks = list(chunks_desc(remaining, self._tuning.fetch_chunk))
-        if not chunks:
-            await self._progress(cur, total)
+        if not remaining:
+            if inline:
+                cur.bodies_below = 1
             return
         items = self._items(session)
-        known: dict[str, dict[str, Any]] = {}
-        if cur.rebuild:  # one read of the folder's documents instead of a lookup per batch
-            query = {
-                "tenant_id": self.ctx.tenant_id,
-                "inbox_id": self.ctx.inbox_id,
-                "folder": self.ctx.folder,
-            }
-            projection = {"uidvalidity": 1, "uid": 1, "deleted": 1}
-            known = {d["_id"]: d async for d in self._messages.find(query, projection)}
-        # Three stages overlap: FETCH of chunk k+1, building chunk k, writing chunk k-1 (Kafka + store).
-        # The cursor only moves once a chunk's writes are done, in chunk order.
-        pending = asyncio.ensure_future(session.uid_fetch(compress(chunks[0]), items))
-        writing: asyncio.Future[int] | None = None
+        known = await self._known(cur)
+        queue = deque(sorted(remaining, reverse=True))
+        # Three stages overlap: FETCH of unit k+1, building unit k, writing unit k-1 (Kafka + store).
+        # The cursor only moves once a unit's writes are done, in unit order.
+        pending = asyncio.ensure_future(self._fetch_unit(session, queue, items, inline=inline))
+        writing: asyncio.Future[tuple[int, int]] | None = None
         mark = (cur.initial_below, cur.initial_done_count)
         done = cur.initial_done_count
         try:
-            for i, chunk in enumerate(chunks):
-                fetched = await pending
-                if i + 1 < len(chunks):
-                    pending = asyncio.ensure_future(session.uid_fetch(compress(chunks[i + 1]), items))
-                fetched.sort(key=lambda items: -_uid(items))  # newest first inside the chunk too
-                batch = await self._prepare(fetched, history=True, known=known)
-                done += len(chunk)
+            while True:
+                unit, fetched = await pending
+                more = bool(queue)
+                if more:
+                    pending = asyncio.ensure_future(self._fetch_unit(session, queue, items, inline=inline))
+                batch, records = await self._build_unit(fetched, known, inline=inline)
+                done += len(unit)
                 batch.extra.append(self._progress_event(cur, done, total))
                 if writing is not None:
-                    result.received += await writing
-                    cur.initial_below, cur.initial_done_count = mark
-                    await self._cursors.save(cur)
-                writing = asyncio.ensure_future(self._write(batch, concurrent=not cur.rebuild))
-                mark = (chunk[0], done)
-            if writing is not None:
-                result.received += await writing
-                cur.initial_below, cur.initial_done_count = mark
-                await self._cursors.save(cur)
+                    await self._unit_written(cur, result, await writing, mark, inline=inline)
+                writing = asyncio.ensure_future(self._write_unit(batch, records, concurrent=not cur.rebuild))
+                mark = (unit[-1], done)
+                if not more:
+                    break
+            await self._unit_written(cur, result, await writing, mark, inline=inline)
+            if inline:
+                cur.bodies_below = 1  # every body of the window is stored: nothing left for the backlog
         finally:
             for fut in (pending, writing):
                 if fut is not None and not fut.done():
@@ -336,6 +380,113 @@ class FolderSync:
                         session.abort()  # a command cut off mid-response leaves the stream unusable
                     with contextlib.suppress(BaseException):
                         await fut
+
+    async def _initial_remaining(self, session: ImapSession, cur: FolderCursor) -> list[int]:
+        """The UIDs the initial sync still has to do (below `initial_below`, within the window)."""
+        if cur.initial_below <= 1:
+            return []
+        crit = f"UID 1:{cur.initial_below - 1}"
+        if cur.initial_since is not None:
+            crit += f" SINCE {_imap_date(cur.initial_since)}"
+        remaining = [u for u in await session.uid_search(crit) if u < cur.initial_below]
+        if not remaining:
+            await self._progress(cur, cur.initial_done_count)
+        return remaining
+
+    async def _known(self, cur: FolderCursor) -> dict[str, dict[str, Any]]:
+        """A rebuild's stored documents of the folder, read once instead of a lookup per batch; a fresh
+        initial sync knows none (a replayed batch only meets duplicate-key inserts)."""
+        if not cur.rebuild:
+            return {}
+        query = {"tenant_id": self.ctx.tenant_id, "inbox_id": self.ctx.inbox_id, "folder": self.ctx.folder}
+        projection = {"uidvalidity": 1, "uid": 1, "deleted": 1}
+        return {d["_id"]: d async for d in self._messages.find(query, projection)}
+
+    async def _build_unit(
+        self, fetched: list[dict[str, Value]], known: dict[str, dict[str, Any]], *, inline: bool
+    ) -> tuple[_Batch, tuple[list[dict[str, Any]], list[Envelope[Any]]] | None]:
+        fetched.sort(key=lambda items: -_uid(items))  # newest first inside the unit too
+        if not inline:
+            return await self._prepare(fetched, history=True, known=known), None
+        batch = await self._prepare([without_body(i) for i in fetched], history=True, known=known)
+        keys = {e.data.ref.uid: e.data.ref.message_key for e in batch.events}
+        return batch, self._body_records(fetched, keys)
+
+    def _inline_bodies(self, cur: FolderCursor) -> bool:
+        """Bodies go with the initial sync's headers when every body above `initial_below` is stored
+        already: a fresh run, or one resumed from such a run. A cursor whose headers went ahead without
+        bodies (bodies off then, or an older version) leaves its bodies to the backlog."""
+        if not self._tuning.bodies or cur.bodies_done:
+            return False
+        fresh = cur.bodies_below == 0 and cur.initial_below == cur.initial_high
+        return fresh or cur.bodies_below == cur.initial_below
+
+    async def _fetch_unit(
+        self, session: ImapSession, queue: deque[int], items: str, *, inline: bool
+    ) -> tuple[list[int], list[dict[str, Value]]]:
+        """The next unit from the front of `queue` (UIDs, newest first) and its FETCH results.
+
+        Inline bodies: RFC822.SIZE first, then headers and bodies in one FETCH for messages within the
+        size cap (the header is cut from the body), headers only above it. A unit holds at most
+        `UNIT_BYTES` of bodies (at least one message); the rest of the window goes back to the queue.
+        """
+        window = [queue.popleft() for _ in range(min(self._tuning.fetch_chunk, len(queue)))]
+        if not inline:
+            return window, await session.uid_fetch(compress(window), items)
+        got = await session.uid_fetch(compress(window), "UID RFC822.SIZE")
+        sizes = {_uid(i): _size(i) for i in got}
+        cap = self._tuning.body_max_bytes
+        n = unit_length([sizes.get(u, 0) for u in window], cap=cap, budget=UNIT_BYTES)
+        queue.extendleft(reversed(window[n:]))
+        unit = window[:n]
+        small = [u for u in unit if sizes.get(u, 0) <= cap]
+        big = [u for u in unit if sizes.get(u, 0) > cap]
+        fetched: list[dict[str, Value]] = []
+        if small:
+            fetched = await session.uid_fetch(compress(small), items.replace(HEADER_SECTION, WHOLE_SECTION))
+        if big:
+            fetched += [{**h, "BODY[]": None} for h in await session.uid_fetch(compress(big), items)]
+        return unit, fetched
+
+    async def _write_unit(
+        self,
+        batch: _Batch,
+        records: tuple[list[dict[str, Any]], list[Envelope[Any]]] | None,
+        *,
+        concurrent: bool,
+    ) -> tuple[int, int]:
+        """A unit's writes: `message received` events and documents as `_write` does them; with bodies,
+        the body documents too (stored alongside on a fresh sync), then their `message updated` events,
+        once the bodies are stored and the `message received` events acknowledged."""
+        if records is None:
+            return await self._write(batch, concurrent=concurrent), 0
+        docs, events = records
+        if concurrent:
+            received, _ = await asyncio.gather(
+                self._write(batch, concurrent=True), self._bodies.put_many(docs)
+            )
+        else:
+            received = await self._write(batch, concurrent=False)
+            await self._bodies.put_many(docs)
+        if events:
+            await self._publisher.publish_all(events)
+        return received, len(events)
+
+    async def _unit_written(
+        self,
+        cur: FolderCursor,
+        result: PassResult,
+        counts: tuple[int, int],
+        mark: tuple[int, int],
+        *,
+        inline: bool,
+    ) -> None:
+        result.received += counts[0]
+        result.bodies += counts[1]
+        cur.initial_below, cur.initial_done_count = mark
+        if inline:
+            cur.bodies_below = cur.initial_below
+        await self._cursors.save(cur)
 
     def _progress_event(self, cur: FolderCursor, done: int, total: int) -> SyncProgress:
         data = SyncProgressData(sync_run_id=cur.run_id, folder=self.ctx.folder, done=done, total=total)
@@ -368,9 +519,7 @@ class FolderSync:
         ids = [ctx.doc_id(k) for _, k in keyed]
         existing: dict[str, dict[str, Any]] = {} if known is None else known
         if ids and known is None:
-            # FerretDB scans for `$in`; fine for the small batches of incremental sync.
-            cursor = self._messages.find({"_id": {"$in": ids}}, {"uidvalidity": 1, "uid": 1, "deleted": 1})
-            existing = {d["_id"]: d async for d in cursor}
+            existing = await self._stored(ids)
         batch = _Batch()
         for m, key in keyed:
             doc_id = ctx.doc_id(key)
@@ -394,6 +543,14 @@ class FolderSync:
             else:  # a tombstone comes back to life (the message reappeared)
                 batch.writes.append(UpdateOne({"_id": doc_id}, {"$set": doc}))
         return batch
+
+    async def _stored(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored documents among `ids` (what decides event or no event)."""
+        projection = {"uidvalidity": 1, "uid": 1, "deleted": 1}
+        if len(ids) <= BY_ID_LOOKUPS:
+            found = await asyncio.gather(*(self._messages.find_one({"_id": i}, projection) for i in ids))
+            return {d["_id"]: d for d in found if d is not None}
+        return {d["_id"]: d async for d in self._messages.find({"_id": {"$in": ids}}, projection)}
 
     async def _write(self, batch: _Batch, *, concurrent: bool) -> int:
         """Events to Kafka, then documents. `concurrent` (fresh initial sync only, where stored
@@ -463,6 +620,116 @@ class FolderSync:
 
     # ---- incremental ----------------------------------------------------------------------------
 
+    def _on_wake(self, session: ImapSession, cur: FolderCursor) -> bool:
+        """The session still has this folder open as the last pass left it, so an IDLE wake's
+        responses describe it against this cursor."""
+        return (
+            cur is self.cursor
+            and cur.initial_done
+            and not cur.rebuild
+            and session.selected == self.ctx.folder
+            and cur.uidvalidity == self.ctx.uidvalidity
+        )
+
+    async def _woken(
+        self, session: ImapSession, cur: FolderCursor, wake: list[Untagged] | None
+    ) -> PassResult:
+        """A pass after an IDLE wake that told of new mail only (`wake`), or of nothing needing the
+        full pass. The deferred work (bodies, cursor) is done once the folder is quiet for
+        `body_delay_seconds`, or has waited `body_max_wait_seconds`."""
+        result = PassResult()
+        if wake:
+            await self._new_mail(session, cur, wake_exists(wake), result)
+        now = asyncio.get_running_loop().time()
+        if self._unsaved:
+            waited = now - self._unsaved_since
+            tuning = self._tuning
+            if (
+                not wake
+                or waited >= tuning.body_max_wait_seconds
+                or len(self._bodies_pending) >= tuning.body_chunk
+            ):
+                await self._drain_bodies(session, result)
+                if waited < 2 * tuning.body_max_wait_seconds and self._mail_waiting(session):
+                    # New mail was told during the body fetch: it goes first, the cursor save after.
+                    result.idle_seconds = tuning.body_delay_seconds
+                    return result
+                await self._save(cur)
+            else:
+                result.idle_seconds = max(
+                    0.05, min(tuning.body_delay_seconds, tuning.body_max_wait_seconds - waited)
+                )
+                return result
+        if self._tuning.bodies and not cur.bodies_done and not result.more:
+            result.more = await self._bodies_backlog(session, cur, result)
+        return result
+
+    async def _new_mail(
+        self, session: ImapSession, cur: FolderCursor, exists: int, result: PassResult
+    ) -> None:
+        """IDLE reported new messages and nothing else: fetch what is above the cursor and announce
+        it, without the full pass's EXAMINE, SEARCH and flag fetch. Its documents are written while
+        the connection goes back to IDLE; bodies and the cursor wait for a quiet moment. HIGHESTMODSEQ
+        is left as it was, so the next full pass still asks for every flag change since then."""
+        got = sort_new_mail(await session.uid_fetch(f"{cur.uidnext}:*", self._items(session)), cur.uidnext)
+        if got.messages:
+            fetched = await self._with_reports(session, got.messages)
+            await self._settle()  # the previous wake's documents decide this lookup
+            batch = await self._prepare(fetched, history=False)
+            if batch.events:
+                await self._publisher.publish_all(batch.events)
+            result.received += len(batch.events)
+            self._writing = asyncio.ensure_future(self._store(batch))
+            uids = [_uid(i) for i in got.messages]
+            if self._tuning.bodies:
+                self._bodies_pending += uids
+            if not self._unsaved:
+                self._unsaved, self._unsaved_since = True, asyncio.get_running_loop().time()
+            cur.uidnext = uids[-1] + 1
+            cur.exists += len(uids)
+        # Anything the count does not explain (a flag change told mid-command, fewer messages than
+        # EXISTS said): the full pass, at once, settles it.
+        result.more = got.stray or cur.exists < exists
+
+    async def _store(self, batch: _Batch) -> None:
+        if batch.inserts:
+            await self._insert(batch.inserts)
+        if batch.writes:
+            await self._messages.bulk_write(batch.writes, ordered=False)
+
+    async def _settle(self) -> None:
+        """Wait for the documents written in the background. If that failed, what this worker holds
+        in memory is dropped: the next pass resumes from the stored cursor and replays those
+        messages (same event ids), whose documents and bodies are then written."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
+        try:
+            await writing
+        except BaseException:
+            self.cursor, self._unsaved = None, False
+            self._bodies_pending.clear()
+            raise
+
+    async def _drain_bodies(self, session: ImapSession, result: PassResult) -> None:
+        """Bodies of the mail announced from IDLE wakes, newest first; the list shrinks only as
+        chunks are stored, so an error leaves the rest for the next pass."""
+        await self._settle()
+        pending = self._bodies_pending
+        while pending:
+            part = pending[-self._tuning.body_chunk :]
+            await self._fetch_bodies(session, part, result)
+            del pending[-len(part) :]
+
+    @staticmethod
+    def _mail_waiting(session: ImapSession) -> bool:
+        return any(u.kind == "EXISTS" for u in session.unsolicited)
+
+    async def _save(self, cur: FolderCursor) -> None:
+        await self._settle()
+        await self._cursors.save(cur)
+        self._unsaved = False
+
     async def _incremental(
         self,
         session: ImapSession,
@@ -508,6 +775,7 @@ class FolderSync:
         if reconcile:
             cur.last_reconciled_at = datetime.now(UTC)
         await self._cursors.save(cur)
+        self._unsaved = False
         del ctx
 
     async def _with_reports(
@@ -579,7 +847,10 @@ class FolderSync:
                     subject=ref.message_key,
                 )
             )
-            writes.append(UpdateOne({"_id": d["_id"]}, {"$set": {"flags": m.flags, "modseq": m.modseq}}))
+            change = {"flags": m.flags, "modseq": m.modseq}
+            if self._tuning.gmail:  # the stored labels follow the event's
+                change["gmail_labels"] = m.gmail_labels
+            writes.append(UpdateOne({"_id": d["_id"]}, {"$set": change}))
         if events:
             await self._publisher.publish_all(events)
             await self._messages.bulk_write(writes, ordered=False)

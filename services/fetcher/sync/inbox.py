@@ -39,6 +39,7 @@ from contracts.inbox import (
 )
 from contracts.sending import SendRequested, SendRequestedData
 from mailsync import metrics
+from mailsync.connection_budget import connection_shares, plan_lanes
 from mailsync.credentials import Keyring
 from mailsync.inbox_record import InboxRecord, OAuth2Auth, PasswordAuth
 from mailsync.logs import scrub
@@ -51,6 +52,7 @@ from .budget import GMAIL_DAILY_BYTES, DownloadBudget, daily_limit
 from .cursor import CursorStore
 from .folder import FolderSync, Publisher, SyncTuning
 from .messages import FolderContext
+from .rotation import FolderRotation, FolderWork
 
 log = logging.getLogger("mailsync.fetcher.sync")
 SYNC_STATE = "sync_state"
@@ -77,6 +79,7 @@ class SyncConfig:
     connect_concurrency: int = 32  # connection set-ups in progress at once, for all inboxes of a replica
     confirmation_email: bool = False  # on initial-sync completion, a `send requested` to the inbox itself
     confirmation_subject: str = "Your mailbox is synchronized"
+    imap_connections_per_account: int | None = None  # None: the provider's (mailsync/connection_budget.py)
 
 
 class _Stop(Exception):
@@ -135,7 +138,8 @@ def choose_folders(
     if sent is None:
         sent = next((n for n in ("Sent", "Sent Items", "Sent Messages", "INBOX.Sent") if n in by_name), None)
     if record.sync.folders:
-        return [(n, n == sent) for n in record.sync.folders if n in by_name or n.upper() == "INBOX"]
+        configured = dict.fromkeys(n for n in record.sync.folders if n in by_name or n.upper() == "INBOX")
+        return [(n, n == sent) for n in configured]
     if is_gmail(caps):
         all_mail = next((f.name for f in folders if "\\All" in f.flags), None)
         if all_mail:
@@ -144,6 +148,13 @@ def choose_folders(
     if sent:
         chosen.append((sent, True))
     return chosen
+
+
+def wants_idle(name: str, is_sent: bool, folders: list[Folder], caps: frozenset[str]) -> bool:
+    """INBOX and Sent IDLE; on Gmail so does All Mail, where every new message lands."""
+    if name.upper() == "INBOX" or is_sent:
+        return True
+    return is_gmail(caps) and any(f.name == name and "\\All" in f.flags for f in folders)
 
 
 class InboxSync:
@@ -269,7 +280,10 @@ class InboxSync:
         state = await self._run_state()
         await self._report_status("idle" if state.get("initial_completed") else "syncing")
         syncs = [
-            (self._folder_sync(name, is_sent, tuning, state.get("resync_id")), name == "INBOX" or is_sent)
+            (
+                self._folder_sync(name, is_sent, tuning, state.get("resync_id")),
+                wants_idle(name, is_sent, folders, caps),
+            )
             for name, is_sent in chosen
         ]
         for fs, _ in syncs:
@@ -284,8 +298,8 @@ class InboxSync:
         floor = GMAIL_FLOOR_SECONDS if tuning.gmail else 0.0
         try:
             async with asyncio.TaskGroup() as tg:
-                for fs, idle in syncs:
-                    tg.create_task(self._folder_loop(fs, idle=idle, poll_floor=floor, state=state))
+                for work, idle in self._workers(syncs, state):
+                    tg.create_task(self._folder_loop(work, idle=idle, poll_floor=floor, state=state))
                 tg.create_task(self._stop_watch())
         except* _Stop:
             log.warning(
@@ -295,6 +309,28 @@ class InboxSync:
     async def _stop_watch(self) -> None:
         await self._shared.stopped.wait()
         raise _Stop  # ends the task group: authentication failed for good
+
+    def _workers(
+        self, syncs: list[tuple[FolderSync, bool]], state: dict[str, Any]
+    ) -> list[tuple[FolderWork, bool]]:
+        """(worker, idles) pairs, one connection each, within the fetcher's share of the account's
+        connections (the sender keeps its own share for Sent copies): past it, IDLE folders keep
+        their own connection and the others are polled in turn over the connections left."""
+        share = connection_shares(
+            self.record.provider, self.record.imap.host, self._config.imap_connections_per_account
+        ).fetcher
+        by_name = {fs.ctx.folder: fs for fs, _ in syncs}
+
+        async def announce(folder: str) -> None:
+            await self._folder_initial_done(folder, state)
+
+        workers: list[tuple[FolderWork, bool]] = []
+        for lane in plan_lanes([(fs.ctx.folder, idle) for fs, idle in syncs], share):
+            if len(lane.folders) == 1:
+                workers.append((by_name[lane.folders[0]], lane.idle))
+            else:
+                workers.append((FolderRotation([by_name[n] for n in lane.folders], announce), False))
+        return workers
 
     def _backoff(self) -> Backoff:
         return Backoff(base=self._config.backoff_base_seconds, cap=self._config.backoff_cap_seconds)
@@ -361,7 +397,7 @@ class InboxSync:
         return {**doc, **update}
 
     async def _folder_loop(  # noqa: PLR0912, PLR0915
-        self, fs: FolderSync, *, idle: bool, poll_floor: float, state: dict[str, Any]
+        self, fs: FolderWork, *, idle: bool, poll_floor: float, state: dict[str, Any]
     ) -> None:
         backoff = self._backoff()
         last_reconcile = asyncio.get_running_loop().time()
@@ -395,7 +431,12 @@ class InboxSync:
                         continue  # body backlog left: next slice at once (new mail is checked first)
                     if idle and "IDLE" in session.capabilities:
                         metrics.imap_state(session, "idle")
-                        metrics.observe_idle(await session.idle(self._config.idle_restart_seconds))
+                        wait = self._config.idle_restart_seconds
+                        if result.idle_seconds is not None:  # deferred work (bodies) after a short quiet
+                            wait = min(wait, result.idle_seconds)
+                        woke = await session.idle(wait)
+                        if woke or wait == self._config.idle_restart_seconds:
+                            metrics.observe_idle(woke)
                     else:
                         metrics.imap_state(session, "polling")
                         await self._sleep(max(self._config.poll_interval_seconds, poll_floor))

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from contracts.common import Address, MessageRef
 from contracts.messages import DeliveryReport, MessageReceived, MessageReceivedData
 from mailsync.dsn import CLASSIFICATION_HEADERS, delivery_report
+from mailsync.imap_names import decode_mailbox
 from services.fetcher.imap.protocol import Value
 
 _PARSER = BytesHeaderParser(policy=compat32)
@@ -134,7 +135,12 @@ class FetchedMessage:
         v = self.items.get("X-GM-LABELS")
         if not isinstance(v, list):
             return []
-        return sorted(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in v)
+        # Labels are mailbox names, so in modified UTF-7 (`&AOk-t&AOk-` is "été") like folder names.
+        return sorted(
+            decode_mailbox(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x))
+            for x in v
+            if isinstance(x, (bytes, str, int))
+        )
 
     @property
     def header_bytes(self) -> bytes:
@@ -242,8 +248,11 @@ def selected_headers(msg: FetchedMessage) -> dict[str, str]:
     return out
 
 
-def direction(ctx: FolderContext, sender: list[Address]) -> Literal["inbound", "outbound"]:
-    if ctx.is_sent:
+def direction(
+    ctx: FolderContext, sender: list[Address], labels: list[str] | None = None
+) -> Literal["inbound", "outbound"]:
+    # Gmail's All Mail mixes both ways; its `\Sent` label marks what the account sent (aliases too).
+    if ctx.is_sent or "\\Sent" in (labels or ()):
         return "outbound"
     if any(a.email.lower() in ctx.own_addresses for a in sender):
         return "outbound"
@@ -338,7 +347,7 @@ def _received_event(ctx: FolderContext, msg: FetchedMessage, *, history: bool, k
     data = MessageReceivedData(
         ref=MessageRef(message_key=key, folder=ctx.folder, uidvalidity=ctx.uidvalidity, uid=msg.uid),
         history=history,
-        direction=direction(ctx, sender),
+        direction=direction(ctx, sender, msg.gmail_labels),
         message_id=mid_list[0] if mid_list else None,
         in_reply_to=message_ids(msg.header("In-Reply-To")),
         references=message_ids(msg.header("References")),
@@ -422,4 +431,6 @@ def message_document(ctx: FolderContext, event: MessageReceived, modseq: int) ->
         "deleted": False,
         "received_event_id": event.id,
         "parse_errors": d.parse_errors,
+        # The janitor's purge of a deactivated inbox deletes only what was stored before the deactivation.
+        "stored_at": datetime.now(UTC),
     }

@@ -1,0 +1,1 @@
+"""In-process fake servers for tests (protocol behaviour nothing local provides)."""
