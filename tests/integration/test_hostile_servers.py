@@ -241,7 +241,11 @@ async def test_fetcher_survives_hostile_servers_and_stores_hostile_mail_raw_and_
     async def bodies_stored() -> int:
         return await db.message_bodies.count_documents({"inbox_id": healthy_id, "n": 0})
 
+    async def documents_stored() -> int:  # written alongside the bodies: either may finish first
+        return await db.messages.count_documents({"inbox_id": healthy_id})
+
     await eventually(lambda: _at_least(bodies_stored, len(worst)), 60)
+    await eventually(lambda: _at_least(documents_stored, len(worst)), 30)
     docs = {d["uid"]: d async for d in db.messages.find({"inbox_id": healthy_id})}
     assert len(docs) == len(worst), "duplicate Message-IDs with different content are two messages"
     flagged = 0
