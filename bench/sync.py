@@ -143,7 +143,7 @@ def run_imaplib(email: str, password: str) -> tuple[float, int]:
     return time.perf_counter() - started, count
 
 
-async def run_ours(email: str, password: str, chunk: int) -> tuple[float, int]:
+async def run_ours(email: str, password: str, chunk: int, inline: bool = False) -> tuple[float, int]:
     settings = ServiceSettings(service_name="bench", mongo_database=f"bench_sync_{uuid.uuid4().hex[:8]}")
     await apply_topics(settings.kafka_bootstrap_servers, TOPICS)
     broker = make_broker(settings)
@@ -163,7 +163,7 @@ async def run_ours(email: str, password: str, chunk: int) -> tuple[float, int]:
             ctx,
             db=db,
             publisher=EventPublisher(broker),
-            tuning=SyncTuning(fetch_chunk=chunk, backfill_days=None),
+            tuning=SyncTuning(fetch_chunk=chunk, backfill_days=None, inline_bodies=inline),
         )
         started = time.perf_counter()
         session = await ImapSession.connect(
@@ -199,6 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--chunk", type=int, default=1000)
+    ap.add_argument("--inline-bodies", action="store_true", help="bodies in the initial FETCHes (SyncTuning)")
     ap.add_argument("--profile", metavar="FILE", help="run ours under cProfile, stats written to FILE")
     args = ap.parse_args()
     if not shutil.which("mbsync"):
@@ -219,7 +220,7 @@ def main() -> None:
         cpu = time.process_time()
         if profiler is not None:
             profiler.enable()
-        ours_s, ours_n = asyncio.run(run_ours(email, password, args.chunk))
+        ours_s, ours_n = asyncio.run(run_ours(email, password, args.chunk, args.inline_bodies))
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)

@@ -105,7 +105,7 @@ async def test_initial_sync_stores_bodies_in_the_same_pass_and_resumes_after_a_c
         source="/test",
         own_addresses=frozenset({user.email}),
     )
-    tuning = SyncTuning(backfill_days=None, fetch_chunk=5, body_max_bytes=CAP)
+    tuning = SyncTuning(backfill_days=None, fetch_chunk=5, body_max_bytes=CAP, inline_bodies=True)
     try:
         crashed = Recorder(db, ctx, fail_on=4)  # the third unit's writes fail
         session = await connect(user, port)
