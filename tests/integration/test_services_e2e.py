@@ -63,8 +63,9 @@ async def test_linker_writes_crm_records_from_kafka_to_ferretdb(service, produce
     await eventually(
         lambda: db.crm_addresses.find_one({"_id": f"{t}:ann@xn--bcher-kva.example", "record_ids": []})
     )
-    doc = await db.crm_records.find_one({"_id": f"{t}:{rid}"})
-    assert doc is not None and doc["revision"] == 2 and doc["emails"] == ["ann@example.com"]
+    # The address index and the record are two writes: wait for the record's as well.
+    doc = await eventually(lambda: db.crm_records.find_one({"_id": f"{t}:{rid}", "revision": 2}))
+    assert doc["emails"] == ["ann@example.com"]
 
     deleted = CrmRecordDeleted.build(
         data=CrmRecordDeletedData(record_id=rid, record_type="contact", revision=3),
