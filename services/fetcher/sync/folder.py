@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -25,9 +26,10 @@ from contracts.common import MessageRef
 from contracts.inbox import SyncProgress, SyncProgressData
 from contracts.messages import MessageDeleted, MessageDeletedData, MessageUpdated, MessageUpdatedData
 from mailsync import metrics
+from mailsync.logs import scrub
 from services.fetcher.imap.protocol import Untagged, Value
 from services.fetcher.imap.seqset import chunks_desc, compress
-from services.fetcher.imap.session import ImapSession, MailboxState
+from services.fetcher.imap.session import AuthenticationFailed, ImapError, ImapSession, MailboxState
 
 from .bodies import (
     HEADER_SECTION,
@@ -57,6 +59,9 @@ MESSAGES = "messages"
 # with `$in`, which FerretDB answers by scanning the collection.
 BY_ID_LOOKUPS = 64
 DeleteReason = Literal["expunged", "moved", "uidvalidity_reset"]
+# A byte search that rules out almost every message before its header is parsed to tell a delivery
+# report (`is_report`): parsing costs ~50 µs a message, the search well under one.
+_REPORT_HINT = re.compile(rb"multipart/report", re.IGNORECASE)
 log = logging.getLogger("mailsync.fetcher.sync")
 
 
@@ -114,6 +119,38 @@ def _size(items: dict[str, Value]) -> int:
     return size if isinstance(size, int) else 0
 
 
+def _report(items: dict[str, Value]) -> bool:
+    """A delivery report (`is_report`), its header parsed only when the byte search finds a hint."""
+    raw = items.get("BODY[HEADER]")
+    return isinstance(raw, bytes) and bool(_REPORT_HINT.search(raw)) and is_report(FetchedMessage(items))
+
+
+class FolderMissing(ImapError):
+    """EXAMINE found no such folder (deleted or renamed on the server); `FolderSync` has logged it."""
+
+
+# Response codes of a NO to EXAMINE that say the server is busy or limited, not that the folder is gone.
+_TRANSIENT_CODES = frozenset({"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "CONTACTADMIN", "EXPUNGEISSUED"})
+
+
+def folder_missing(exc: ImapError) -> bool:
+    """A NO to EXAMINE means the folder cannot be opened: RFC 5530's `NONEXISTENT`, or a bare NO from
+    servers without response codes. BAD, a login problem or a transient code is no such answer."""
+    if isinstance(exc, AuthenticationFailed) or exc.status.upper() != "NO":
+        return False
+    return exc.code is None or exc.code.upper() not in _TRANSIENT_CODES
+
+
+def presence_change(was_missing: bool, missing: bool) -> Literal["gone", "back"] | None:
+    """What a folder's state after an EXAMINE is worth logging: its disappearance once (not on every
+    poll while it stays away), and its return, so that a second disappearance is logged again."""
+    if missing and not was_missing:
+        return "gone"
+    if was_missing and not missing:
+        return "back"
+    return None
+
+
 def _imap_date(dt: datetime) -> str:
     return dt.strftime("%d-%b-%Y")
 
@@ -143,6 +180,7 @@ class FolderSync:
         self._bodies_pending: list[int] = []
         self._unsaved = False  # the cursor in memory is ahead of the stored one
         self._unsaved_since = 0.0
+        self._missing = False  # the last EXAMINE found no such folder
 
     @property
     def key(self) -> str:
@@ -177,7 +215,7 @@ class FolderSync:
         known = None
         if cur is not None and cur.initial_done and cur.highestmodseq:
             known = (cur.uidvalidity, cur.highestmodseq)
-        state = await session.examine(self.ctx.folder, qresync=known)
+        state = await self._examine(session, known)
         self.ctx = FolderContext(**{**self.ctx.__dict__, "uidvalidity": state.uidvalidity})
         result = PassResult()
         if cur is None:
@@ -208,6 +246,28 @@ class FolderSync:
         if self._tuning.bodies and not cur.bodies_done:
             result.more = await self._bodies_backlog(session, cur, result)
         return result
+
+    async def _examine(self, session: ImapSession, known: tuple[int, int] | None) -> MailboxState:
+        """EXAMINE; a folder gone from the server raises `FolderMissing`, logged once per disappearance."""
+        ctx = self.ctx
+        try:
+            state = await session.examine(ctx.folder, qresync=known)
+        except ImapError as exc:
+            if not folder_missing(exc):
+                raise
+            if presence_change(self._missing, True) == "gone":
+                log.warning(
+                    "folder not found on the server, looked for again on every poll",
+                    extra={"inbox_id": ctx.inbox_id, "folder": ctx.folder, "error": scrub(str(exc))[:300]},
+                )
+            self._missing = True
+            raise FolderMissing(exc.command, exc.status, exc.text, exc.code) from exc
+        if presence_change(self._missing, False) == "back":
+            log.info(
+                "folder found on the server again", extra={"inbox_id": ctx.inbox_id, "folder": ctx.folder}
+            )
+        self._missing = False
+        return state
 
     # ---- bodies ---------------------------------------------------------------------------------
 
@@ -412,9 +472,17 @@ class FolderSync:
         fetched.sort(key=lambda items: -_uid(items))  # newest first inside the unit too
         if not inline:
             return await self._prepare(fetched, history=True, known=known), None
-        batch = await self._prepare([without_body(i) for i in fetched], history=True, known=known)
+        batch = await self._prepare([self._headers_of(i) for i in fetched], history=True, known=known)
         keys = {e.data.ref.uid: e.data.ref.message_key for e in batch.events}
         return batch, self._body_records(fetched, keys)
+
+    @staticmethod
+    def _headers_of(items: dict[str, Value]) -> dict[str, Value]:
+        """A whole message's items as the header FETCH gives them, except that a delivery report keeps
+        its `BODY[]`, as `_with_reports` gives it: its `message received` carries the parsed report."""
+        head = without_body(items)
+        raw = items.get("BODY[]")
+        return {**head, "BODY[]": raw} if isinstance(raw, bytes) and _report(head) else head
 
     def _inline_bodies(self, cur: FolderCursor) -> bool:
         """Bodies go with the initial sync's headers when every body above `initial_below` is stored
@@ -436,7 +504,9 @@ class FolderSync:
         """
         window = [queue.popleft() for _ in range(min(self._tuning.fetch_chunk, len(queue)))]
         if not inline:
-            return window, await session.uid_fetch(compress(window), items)
+            # Delivery reports among them are fetched whole in the same stage (overlapping the previous
+            # unit's writes), so their backfilled `message received` carries the `delivery_report` too.
+            return window, await self._with_reports(session, await session.uid_fetch(compress(window), items))
         got = await session.uid_fetch(compress(window), "UID RFC822.SIZE")
         sizes = {_uid(i): _size(i) for i in got}
         cap = self._tuning.body_max_bytes
@@ -787,7 +857,7 @@ class FolderSync:
     ) -> list[dict[str, Value]]:
         """New delivery reports (bounces) are fetched whole at once, so their `message received`
         carries the parsed `delivery_report` the linker needs (headers alone do not have it)."""
-        reports = [_uid(i) for i in fetched if is_report(FetchedMessage(i))]
+        reports = [_uid(i) for i in fetched if _report(i)]
         if not reports:
             return fetched
         whole = await session.uid_fetch(compress(reports), "UID BODY.PEEK[]")
@@ -889,7 +959,7 @@ class FolderSync:
             missing = sorted(u for u in on_server if u >= low and u < cur.uidnext and u not in known_uids)
             items = self._items(session)
             for chunk in chunks_desc(missing, self._tuning.fetch_chunk):
-                fetched = await session.uid_fetch(compress(chunk), items)
+                fetched = await self._with_reports(session, await session.uid_fetch(compress(chunk), items))
                 n = await self._emit_new(fetched, history=False)
                 result.repaired += n
                 cur.repairs += n

@@ -50,7 +50,7 @@ from services.fetcher.imap.session import AuthenticationFailed, ConnectionLost, 
 
 from .budget import GMAIL_DAILY_BYTES, DownloadBudget, daily_limit
 from .cursor import CursorStore
-from .folder import FolderSync, Publisher, SyncTuning
+from .folder import FolderMissing, FolderSync, Publisher, SyncTuning
 from .messages import FolderContext
 from .rotation import FolderRotation, FolderWork
 
@@ -58,6 +58,7 @@ log = logging.getLogger("mailsync.fetcher.sync")
 SYNC_STATE = "sync_state"
 INBOXES = "inboxes"
 GMAIL_FLOOR_SECONDS = 600.0
+STATE_WRITE_ATTEMPTS = 4  # of the `initial_completed` write before the folder loop's own backoff takes over
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class InboxSync:
         self._sleep = sleep
         self._shared = _Shared()
         self._live_status: str | None = None
+        self._announced_run: str | None = None  # the run whose `initial sync completed` Kafka acknowledged
 
     # ---- connecting -----------------------------------------------------------------------------
 
@@ -443,6 +445,13 @@ class InboxSync:
                     # Reset once the connection lived through a whole wait: a server that drops every
                     # IDLE (BYE) would otherwise be reconnected to at the base delay forever.
                     backoff.reset()
+            except FolderMissing:
+                # Deleted or renamed on the server (logged once by FolderSync): no reconnect storm and
+                # no `connect failed`; looked for again at the poll interval, holding no connection.
+                await self._close(session)
+                session = None
+                backoff.reset()
+                await self._sleep(max(self._config.poll_interval_seconds, poll_floor))
             except AuthenticationFailed as exc:
                 if await self._auth_failed(exc, backoff):
                     self._shared.stopped.set()
@@ -525,6 +534,19 @@ class InboxSync:
         pending.discard(folder)
         if pending or state.get("initial_completed"):
             return
+        try:
+            if self._announced_run != state["initial_run_id"]:
+                await self._announce_initial_done(state)
+                self._announced_run = state["initial_run_id"]
+            await self._mark_initial_completed()
+        except BaseException:
+            # Still owed: the folder's next pass (after the loop's backoff) tries again, instead of the
+            # state staying false until a restart announces the run a second time.
+            pending.add(folder)
+            raise
+        state["initial_completed"] = True
+
+    async def _announce_initial_done(self, state: dict[str, Any]) -> None:
         cursors = [
             c
             async for c in self._db["sync_cursors"].find(
@@ -548,13 +570,36 @@ class InboxSync:
         if self._config.confirmation_email:
             events.append(self._confirmation(data))
         await self._publisher.publish_all(events)
-        state["initial_completed"] = True
-        await self._db[SYNC_STATE].update_one({"_id": self.record.id}, {"$set": {"initial_completed": True}})
-        # The registry status is left to its owner (inbox commands): FerretDB updates are whole-document
-        # writes, so an `idle` written here could overwrite a `paused` set at the same moment.
         log.info(
             "initial sync completed", extra={"inbox_id": self.record.inbox_id, "messages": data.messages}
         )
+
+    async def _mark_initial_completed(self) -> None:
+        """The run state's `initial_completed`. FerretDB on SQLite refuses a write now and then while
+        other writers hold the database (`database is locked`): retried in place with backoff a few
+        times, then left to the caller. The registry status is left to its owner (inbox commands):
+        FerretDB updates are whole-document writes, so an `idle` written here could overwrite a `paused`
+        set at the same moment."""
+        backoff = self._backoff()
+        for attempt in range(1, STATE_WRITE_ATTEMPTS + 1):
+            try:
+                await self._db[SYNC_STATE].update_one(
+                    {"_id": self.record.id}, {"$set": {"initial_completed": True}}
+                )
+                return
+            except PyMongoError as exc:
+                if attempt == STATE_WRITE_ATTEMPTS:
+                    raise
+                delay = backoff.next_delay()
+                log.warning(
+                    "could not record the completed initial sync, retrying",
+                    extra={
+                        "inbox_id": self.record.inbox_id,
+                        "error": scrub(str(exc))[:200],
+                        "retry_in": round(delay, 1),
+                    },
+                )
+                await self._sleep(delay)
 
     def _confirmation(self, done: InitialSyncCompletedData) -> SendRequested:
         """The optional confirmation email (seeds: "confirmation when existing emails are synchronized"),

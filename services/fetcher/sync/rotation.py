@@ -16,7 +16,7 @@ from mailsync import metrics
 from mailsync.logs import scrub
 from services.fetcher.imap.session import AuthenticationFailed, ImapError, ImapSession
 
-from .folder import FolderSync, PassResult
+from .folder import FolderMissing, FolderSync, PassResult
 from .messages import FolderContext
 
 log = logging.getLogger("mailsync.fetcher.sync")
@@ -48,6 +48,8 @@ class FolderRotation:
                 got = await fs.run_pass(session, reconcile=reconcile)
             except AuthenticationFailed:
                 raise
+            except FolderMissing:
+                continue  # FolderSync logged its disappearance once; the others go on
             except ImapError as exc:
                 # A folder the server refuses (deleted, renamed) must not stall the others on this
                 # connection; the session is still usable after a tagged NO/BAD.
