@@ -67,7 +67,7 @@ from .batching import GroupCommit
 from .compose import ComposeError, ReplyContext, compose_wire, envelope_recipients
 from .failures import Failure, backoff_seconds, classify_smtp, retry_decision
 from .imap_sent import ImapFailure, SentMailbox
-from .logins import Login, login_for
+from .logins import Login, login_for, mechanism_for
 from .sent_copy import copy_action
 from .settings import SenderSettings
 from .smtp_transport import OutcomeUnknown, PlainNotAllowed, SmtpResult, SmtpTransport
@@ -126,6 +126,19 @@ def _strip(mid: str) -> str:
     return mid.strip().removeprefix("<").removesuffix(">")
 
 
+def stored_refusals(refused: dict[str, str]) -> list[dict[str, str]]:
+    """Refused recipients as stored: a list of `{recipient, reply}`, not a mapping by address. FerretDB
+    v1 refuses dots in field names (every address has one) and nested arrays; the journal write of an
+    accepted message would fail, and recovery would then send it again."""
+    return [{"recipient": rcpt, "reply": reply} for rcpt, reply in refused.items()]
+
+
+def _refusals(stored: Any) -> dict[str, str]:
+    if isinstance(stored, dict):  # a mapping by address (MongoDB accepts one)
+        return {str(k): str(v) for k, v in stored.items()}
+    return {str(r["recipient"]): str(r["reply"]) for r in stored or []}
+
+
 def sent_event(req: dict[str, Any], q: dict[str, Any], cmd: SendRequestedData, source: str) -> MessageSent:
     smtp = q.get("smtp") or {}
     reply = q.get("reply") or {}
@@ -134,7 +147,7 @@ def sent_event(req: dict[str, Any], q: dict[str, Any], cmd: SendRequestedData, s
         send_id=q["send_id"],
         message_id=_strip(q["message_id"]),
         accepted_recipients=smtp.get("accepted", []),
-        refused_recipients=smtp.get("refused", {}),
+        refused_recipients=_refusals(smtp.get("refused")),
         smtp_response=smtp.get("response", ""),
         attempts=max(1, int(q.get("attempts", 1))),
         from_=cmd.from_,
@@ -749,7 +762,7 @@ class Delivery:
         except OutcomeUnknown as exc:
             metrics.observe_smtp(None)  # no reply to the data came
             # The server may have the message: next time, search the Sent folder before resending.
-            failure = classify_smtp(exc.cause)
+            failure = classify_smtp(exc.cause, mechanism=mechanism_for(record, "smtp"))
             return await self._transient(w, failure, keep_status="sending")
         except PlainNotAllowed as exc:
             error = ErrorInfo(code="smtp.plain_not_allowed", message=str(exc), field="smtp.security")
@@ -774,7 +787,7 @@ class Delivery:
             return await self._transient(w, Failure(True, error))
         except Exception as exc:  # every SMTP failure is classified; none escapes
             metrics.observe_smtp(exc)
-            failure = classify_smtp(exc)
+            failure = classify_smtp(exc, mechanism=mechanism_for(record, "smtp"))
             if failure.transient:
                 return await self._transient(w, failure)
             await self._fail(w, failure)
@@ -813,7 +826,11 @@ class Delivery:
                 "status": "sent",
                 "announced": False,
                 "sent_at": self._now(),
-                "smtp": {"accepted": result.accepted, "refused": result.refused, "response": result.response},
+                "smtp": {
+                    "accepted": result.accepted,
+                    "refused": stored_refusals(result.refused),
+                    "response": result.response,
+                },
                 "copy_action": action,
                 "copy_state": "skipped" if action == "never" else "pending",
                 "raw_size": len(raw),
@@ -854,7 +871,7 @@ class Delivery:
                     "sent_at": self._now(),
                     "smtp": {
                         "accepted": envelope_recipients(w.cmd),
-                        "refused": {},
+                        "refused": [],
                         "response": "recovered: the Message-ID is in the Sent folder",
                     },
                     "copy_action": "found",

@@ -8,11 +8,20 @@ from __future__ import annotations
 import random
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 
 from contracts.common import ErrorInfo
 from mailsync.logs import scrub
+
+if TYPE_CHECKING:
+    from .logins import Mechanism
+
+# A refused login: what the user can do about it depends on what was presented. An OAuth2 inbox has no
+# password to fix; its grant must be given again.
+LOGIN_AUTH_HINT = "check the SMTP username and password (or use an app password)"
+OAUTH_AUTH_HINT = "reconnect the inbox: sign in with the provider again to grant access (OAuth2)"
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,12 @@ def smtp_code_failure(code: int, message: str, *, what: str = "the SMTP server")
     )
 
 
-def classify_smtp(exc: BaseException) -> Failure:
+def _auth_hint(mechanism: Mechanism) -> str:
+    return OAUTH_AUTH_HINT if mechanism == "xoauth2" else LOGIN_AUTH_HINT
+
+
+def classify_smtp(exc: BaseException, *, mechanism: Mechanism = "password") -> Failure:
+    """`mechanism`: how the session logged in (`xoauth2` for an OAuth2 inbox), for the auth hint."""
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         words = _text(exc.message)
         server = f"{exc.code} {words}"
@@ -49,7 +63,7 @@ def classify_smtp(exc: BaseException) -> Failure:
                 code="auth.invalid_credentials" if not transient else "auth.temporary_failure",
                 message=f"SMTP authentication failed: {server}",
                 field="smtp_auth",
-                hint=None if transient else "check the SMTP username and password (or use an app password)",
+                hint=None if transient else _auth_hint(mechanism),
                 server_response=server,
             ),
         )

@@ -26,6 +26,16 @@ class Login:
     update: dict[str, Any] = field(default_factory=dict, repr=False)  # `$set` for the inbox document
 
 
+def _auth_field(record: InboxRecord, protocol: Literal["smtp", "imap"]) -> str:
+    return "smtp_auth" if protocol == "smtp" and record.smtp_auth is not None else "imap_auth"
+
+
+def mechanism_for(record: InboxRecord, protocol: Literal["smtp", "imap"]) -> Mechanism:
+    """How `login_for` logs in, without decrypting anything (e.g. to word a refused login's hint)."""
+    auth = getattr(record, _auth_field(record, protocol))
+    return "xoauth2" if isinstance(auth, OAuth2Auth) else "password"
+
+
 async def login_for(
     record: InboxRecord,
     keyring: Keyring,
@@ -34,9 +44,7 @@ async def login_for(
     *,
     force_refresh: bool = False,
 ) -> Login:
-    field_name = "imap_auth"
-    if protocol == "smtp" and record.smtp_auth is not None:
-        field_name = "smtp_auth"
+    field_name = _auth_field(record, protocol)
     auth = getattr(record, field_name)
     if isinstance(auth, PasswordAuth):
         password = keyring.decrypt(auth.password, record.secret_owner(f"{field_name}.password"))

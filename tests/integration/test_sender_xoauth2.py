@@ -239,6 +239,8 @@ async def test_xoauth2_send_through_postfix_refresh_and_auth_failures(  # type: 
     err = wrong["data"]["error"]
     assert err["code"] == "auth.invalid_credentials" and err["field"] == "smtp_auth", err
     assert err["server_response"].startswith("535"), err
+    # An OAuth2 inbox has no password to check: the user is told to reconnect (grant access again).
+    assert "reconnect" in (err.get("hint") or "") and "password" not in (err.get("hint") or ""), err
     assert refreshed_with.count(wrong_refresh) == 1
 
     # A token the server took back early: refused, refreshed once on the same session, then sent.
@@ -250,6 +252,7 @@ async def test_xoauth2_send_through_postfix_refresh_and_auth_failures(  # type: 
     # A token minted for this very login and refused: no second refresh, an authentication reason.
     assert fresh_wrong["type"] == "mailsync.send.failed", fresh_wrong["data"]
     assert fresh_wrong["data"]["error"]["code"] == "auth.invalid_credentials"
+    assert "reconnect" in (fresh_wrong["data"]["error"].get("hint") or ""), fresh_wrong["data"]
     assert refreshed_with.count(fresh_wrong_refresh) == 1
 
     # No token in any of this test's send events or in the sender's log (raw, base64, URL-encoded).
