@@ -8,7 +8,8 @@ The queue stays small, which matters on FerretDB v1, where every update or delet
 
 Exactly once in effect: the intent (`status: sending`, attempts+1) is stored before SMTP starts, the
 outcome right after SMTP answered. A queue document found in `sending` whose lease expired belongs to a
-process that died in between: its Sent folder is searched for our Message-ID before any resend. Every
+process that died in between: its Sent folder is searched for our Message-ID before any resend, and a
+resend counts against `sender_max_attempts` like any retry (past it: `send failed`, dead letter). Every
 write carries the claim token, so a process that lost its claim stops instead of sending twice.
 
 The usual path costs no claim at all: the intake inserts a due entry already claimed (intent and lease
@@ -36,7 +37,7 @@ import httpx
 from pydantic import ValidationError
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from contracts import Envelope
 from contracts.common import ErrorInfo
@@ -57,6 +58,7 @@ from mailsync import metrics
 from mailsync.credentials import CredentialKeyError, DecryptionError, Keyring
 from mailsync.inbox_record import InboxRecord
 from mailsync.kafka import EventPublisher
+from mailsync.logs import scrub
 from mailsync.oauth2 import OAuth2Error
 from mailsync.store import Document
 
@@ -65,7 +67,14 @@ from .admission import admit
 from .attachments import AttachmentUnavailable, resolve
 from .batching import GroupCommit
 from .compose import ComposeError, ReplyContext, compose_wire, envelope_recipients
-from .failures import Failure, backoff_seconds, classify_smtp, retry_decision
+from .failures import (
+    Failure,
+    backoff_seconds,
+    classify_smtp,
+    retry_decision,
+    unconfirmed_decision,
+    write_retry_delay,
+)
 from .imap_sent import ImapFailure, SentMailbox
 from .logins import Login, login_for, mechanism_for
 from .sent_copy import copy_action
@@ -90,6 +99,12 @@ TAKE_WAIT_SECONDS = 30.0  # the intake waits this long at most for room in the b
 BUSY_SCAN_SECONDS = 5.0
 STOP_STEP_SECONDS = 5.0  # with every slot taken, the queue is scanned for other due work this seldom
 DUPLICATE_KEY = 11000
+# The journal insert after SMTP accepted, retried in place (jittered backoff, ~3 s at most in all, within
+# STOP_STEP_SECONDS): a lost write sends its whole batch through recovery after the lease, and inboxes
+# whose Sent copy we append would get their messages sent again (the search finds no copy yet).
+JOURNAL_WRITE_ATTEMPTS = 5
+JOURNAL_RETRY_BASE_SECONDS = 0.2
+JOURNAL_RETRY_MAX_SECONDS = 1.6
 
 log = logging.getLogger("mailsync.sender.delivery")
 
@@ -101,6 +116,16 @@ async def _insert_ignoring_duplicates(collection: Any, docs: list[dict[str, Any]
         # A document written before (a retried batch, a recovered request) is fine; anything else is not.
         if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
             raise
+
+
+def _write_error_text(exc: PyMongoError) -> str:
+    """For the log: codes and server words only (a bulk write error's details carry the documents)."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors", [])[:3]
+        text = "; ".join(f"{e.get('code')}: {e.get('errmsg', '')}" for e in errors) or "bulk write failed"
+    else:
+        text = str(exc)
+    return scrub(f"{type(exc).__name__}: {text}")[:300]
 
 
 def _seen(future: asyncio.Future[Any]) -> None:
@@ -348,7 +373,46 @@ class Delivery:
             )
 
     async def _write_journal(self, docs: list[dict[str, Any]]) -> None:
-        await _insert_ignoring_duplicates(self._db[SEND_JOURNAL], docs)
+        """Retried a few times: duplicates are ignored, so a retry after a partly applied insert is safe.
+        Only when every attempt failed do the batch's sends wait for recovery after their lease."""
+        attempt = 1
+        while True:
+            try:
+                await _insert_ignoring_duplicates(self._db[SEND_JOURNAL], docs)
+                return
+            except PyMongoError as exc:
+                delay = write_retry_delay(
+                    attempt,
+                    JOURNAL_WRITE_ATTEMPTS,
+                    JOURNAL_RETRY_BASE_SECONDS,
+                    JOURNAL_RETRY_MAX_SECONDS,
+                    self._rand,
+                )
+                error = _write_error_text(exc)
+                if delay is None:
+                    log.error(
+                        "journal write of SMTP outcomes failed, attempts exhausted; these sends are resolved "
+                        "by recovery after their lease (Sent-folder search, then resend within "
+                        "sender_max_attempts)",
+                        extra={
+                            "count": len(docs),
+                            "keys": [str(d["_id"]).removesuffix(":sent") for d in docs[:10]],
+                            "attempts": attempt,
+                            "error": error,
+                        },
+                    )
+                    raise
+                log.warning(
+                    "journal write of SMTP outcomes failed; retrying",
+                    extra={
+                        "count": len(docs),
+                        "attempt": attempt,
+                        "retry_in": round(delay, 2),
+                        "error": error,
+                    },
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
 
     async def _write_outcomes(self, docs: list[dict[str, Any]]) -> None:
         await _insert_ignoring_duplicates(self._db[SEND_OUTCOMES], docs)
@@ -895,7 +959,24 @@ class Delivery:
                 )
             )
             return True
-        if self._s.sender_unconfirmed_policy == "fail":
+        attempts = int(w.q.get("attempts", 0))
+        decision = unconfirmed_decision(
+            self._s.sender_unconfirmed_policy, attempts, self._s.sender_max_attempts
+        )
+        if decision == "exhausted":
+            log.warning(
+                "interrupted send not found in the Sent folder; out of attempts, not sending again",
+                extra={"key": w.q["_id"], "attempts": attempts},
+            )
+            error = ErrorInfo(
+                code="send.attempts_exhausted",
+                message=f"the send was interrupted after SMTP started ({attempts} attempts, the limit is "
+                f"{self._s.sender_max_attempts}) and the message is not in the Sent folder; not resending "
+                "(it may have been delivered)",
+            )
+            await self._fail(w, Failure(True, error), exhausted=True)
+            return True
+        if decision == "fail":
             error = ErrorInfo(
                 code="send.outcome_unknown",
                 message="the send was interrupted after SMTP started and the message is not in the "

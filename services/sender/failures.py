@@ -131,3 +131,24 @@ def retry_decision(failure: Failure, attempts: int, max_attempts: int) -> str:
     if not failure.transient:
         return "fail"
     return "retry" if attempts < max_attempts else "exhausted"
+
+
+def unconfirmed_decision(policy: str, attempts: int, max_attempts: int) -> str:
+    """A send interrupted after SMTP started, our Message-ID not in the Sent folder: `resend`, `fail`
+    (the `fail` policy: `send.outcome_unknown`) or `exhausted` (`attempts` SMTP attempts were started
+    already; another would pass `sender_max_attempts` → dead letter). Bounded like `retry_decision`,
+    so a send whose outcome is lost every time (a crash, a journal write that keeps failing) is not
+    resent without end."""
+    if policy == "fail":
+        return "fail"
+    return "resend" if attempts < max_attempts else "exhausted"
+
+
+def write_retry_delay(
+    attempt: int, max_attempts: int, base: float, cap: float, rand: random.Random | None = None
+) -> float | None:
+    """After failed database write number `attempt`: seconds to wait before the next one (jittered
+    backoff), or None when `max_attempts` writes were made."""
+    if attempt >= max_attempts:
+        return None
+    return backoff_seconds(attempt, base, cap, rand)
