@@ -143,11 +143,13 @@ TOPICS: tuple[Topic, ...] = (
 TOPICS_BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
 
 
+_TOPIC_BY_TYPE: dict[str, Topic] = {cls.event_type: t for t in reversed(TOPICS) for cls in t.events}
+
+
 def topic_of(event: AnyEvent | type[AnyEvent]) -> Topic:
-    """The one topic an event type travels on."""
-    event_type = event.event_type
-    for topic in TOPICS:
-        if any(cls.event_type == event_type for cls in topic.events):
-            return topic
-    msg = f"event type {event_type} is on no topic"
-    raise LookupError(msg)
+    """The one topic an event type travels on (the first in the registry that lists it)."""
+    topic = _TOPIC_BY_TYPE.get(event.event_type)
+    if topic is None:
+        msg = f"event type {event.event_type} is on no topic"
+        raise LookupError(msg)
+    return topic

@@ -70,6 +70,9 @@ def make_broker(
         # linger 0: a lone event goes out at once; pipelined sends still batch while a request is in
         # flight (bench/publish.py: linger 5 ms cut one-at-a-time publishing from ~1,500/s to ~160/s).
         linger_ms=0,
+        # Bigger record batches than aiokafka's 16 KiB: a burst of events (an initial sync's 1,000
+        # per unit) goes out in fewer produce requests (bench: 1.4-2x the events/s, -30% CPU each).
+        max_batch_size=settings.kafka_max_batch_bytes,
         compression_type=settings.kafka_compression_type,
         security=security(settings),
         allow_auto_create_topics=False,

@@ -204,3 +204,83 @@ async def test_headers_synced_without_bodies_get_them_from_the_backlog(  # type:
     finally:
         await session.logout()
         await mongo.drop_database(db.name)
+
+
+class FailOnBodyUnit(Recorder):
+    """Fails when the n-th batch of body events is published (a crash in the backlog's store stage)."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], ctx: FolderContext, n: int) -> None:
+        super().__init__(db, ctx)
+        self.n, self.body_batches = n, 0
+
+    async def publish_all(self, events: Sequence[Envelope[Any]]) -> None:
+        if any(isinstance(e, MessageUpdated) and e.data.change == "body" for e in events):
+            self.body_batches += 1
+            if self.body_batches == self.n:
+                raise ConnectionError("broker gone (test)")
+        await super().publish_all(events)
+
+
+async def test_backlog_units_stay_within_the_byte_budget_and_resume_after_a_crash(  # type: ignore[no-untyped-def]
+    mongo: Mongo, mail_lab, mail_user_factory: Callable[[str], MailUser], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = mail_user_factory("backlogunits")
+    port = mail_lab.imap_port
+    tag = uuid.uuid4().hex[:8]
+    raws = [mail(i, tag) for i in range(9)]
+    raws.insert(4, big_mail(tag))  # UID 5
+    await asyncio.to_thread(append, user, port, raws)
+    one = len(raws[0])
+    monkeypatch.setattr(folder_module, "UNIT_BYTES", 2 * one + one // 2)  # two small bodies a unit
+    db = mongo[f"test_units_{tag}"]
+    ctx = FolderContext(
+        tenant_id="t1",
+        inbox_id=f"i-{tag}",
+        folder="INBOX",
+        uidvalidity=0,
+        source="/test",
+        own_addresses=frozenset({user.email}),
+    )
+    tuning = SyncTuning(backfill_days=None, fetch_chunk=5, body_max_bytes=CAP, body_chunk=5)
+    try:
+        crashed = FailOnBodyUnit(db, ctx, n=3)
+        session = await connect(user, port)
+        try:
+            with pytest.raises(ConnectionError):
+                fs = FolderSync(ctx, db=db, publisher=crashed, tuning=tuning)
+                while (await fs.run_pass(session)).more:
+                    pass
+        finally:
+            session.abort()
+        cur = await db.sync_cursors.find_one({"_id": f"t1:{ctx.inbox_id}:INBOX"})
+        assert cur is not None and cur["initial_done"] and not cur["bodies_done"]
+        assert 1 < cur["bodies_below"] <= 11, "the crash left the backlog part-way"
+
+        resumed = Recorder(db, ctx)
+        session = await connect(user, port)
+        fetches: list[tuple[str, str]] = []
+        spy_fetches(session, fetches)
+        try:
+            fs = FolderSync(ctx, db=db, publisher=resumed, tuning=tuning)
+            while (await fs.run_pass(session)).more:
+                pass
+        finally:
+            await session.logout()
+        body_fetches = [expand(s) for s, items in fetches if "BODY.PEEK[]" in items]
+        assert body_fetches and all(len(u) <= 2 for u in body_fetches), body_fetches
+        assert all(5 not in u for u in body_fetches), "the message over the cap is not fetched"
+        fetched = [uid for u in body_fetches for uid in u]
+        assert len(fetched) == len(set(fetched)), "no body fetched twice after the resume"
+        assert all(uid < cur["bodies_below"] for uid in fetched), "stored units are not fetched again"
+        assert resumed.unstored == [] and crashed.unstored == []
+        ids: dict[int, set[str]] = {}
+        for e in crashed.events + resumed.events:
+            if isinstance(e, MessageUpdated) and e.data.change == "body":
+                ids.setdefault(e.data.ref.uid, set()).add(e.id)
+        assert sorted(ids) == list(range(1, 11)) and all(len(v) == 1 for v in ids.values())
+        bodies = [d async for d in db.message_bodies.find({"inbox_id": ctx.inbox_id})]
+        assert len(bodies) == 10 and sum(1 for d in bodies if d.get("too_large")) == 1
+        cur = await db.sync_cursors.find_one({"_id": f"t1:{ctx.inbox_id}:INBOX"})
+        assert cur is not None and cur["bodies_done"]
+    finally:
+        await mongo.drop_database(db.name)

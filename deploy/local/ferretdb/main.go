@@ -21,6 +21,9 @@ func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:37017", "TCP address for the MongoDB wire protocol")
 	dataDir := flag.String("sqlite-dir", "data", "directory holding one SQLite file per database")
 	logLevel := flag.String("log-level", "info", "log level: debug, info, warn or error")
+	// WAL with synchronous=NORMAL survives a crash of this process (SIGKILL included) and skips an
+	// fsync per commit; only an OS crash or power loss can undo the last commits. FULL is SQLite's default.
+	synchronous := flag.String("sqlite-synchronous", "normal", "SQLite synchronous pragma: normal or full")
 	flag.Parse()
 
 	var level slog.Level
@@ -38,7 +41,11 @@ func main() {
 	if err = os.MkdirAll(dir, 0o700); err != nil {
 		fatal("cannot create %s: %v", dir, err)
 	}
-	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/"}).String()
+	if *synchronous != "normal" && *synchronous != "full" {
+		fatal("bad -sqlite-synchronous %q: normal or full", *synchronous)
+	}
+	query := url.Values{"_pragma": {"synchronous(" + *synchronous + ")"}}
+	sqliteURL := (&url.URL{Scheme: "file", Path: filepath.ToSlash(dir) + "/", RawQuery: query.Encode()}).String()
 
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},

@@ -202,8 +202,72 @@ def _value(c: _Cursor) -> Value:  # noqa: PLR0912 - one branch per grammar produ
     return token.decode("utf-8", "replace")
 
 
+# One token per match, its kind told by `lastindex`: ( ) "quoted" {literal} atom (a section without
+# nested brackets or quotes included, e.g. `BODY[HEADER.FIELDS (FROM TO)]<0>`).
+_TOKEN = re.compile(
+    rb" *(?:(\()|(\))"
+    rb'|"((?:[^"\\\r\n]|\\.)*)"'
+    rb"|~?\{(\d+)\+?\}"
+    rb'|([^ ()"{\[\]\r\n]+(?:\[[^\[\]"]*\](?:<\d+>)?)?))'
+)
+
+
+def _fast_values(raw: RawResponse, pos: int) -> list[Value] | None:  # noqa: PLR0912 - a branch per token kind
+    """`parse_values` for well-formed input in one regex pass, no recursion (FETCH responses are most
+    of the initial sync's parsing); None for anything unusual or broken, left to the careful parser,
+    which gives the same values or the precise error (`tests/unit/test_imap_protocol_fast.py`)."""
+    text, n, literals = raw.text, len(raw.text), raw.literals
+    used = 0
+    stack: list[list[Value]] = []
+    cur: list[Value] = []
+    match = _TOKEN.match
+    while True:
+        m = match(text, pos)
+        if m is None:
+            if text[pos:].strip(b" "):
+                return None
+            break
+        pos = m.end()
+        kind = m.lastindex
+        if kind == 5:  # the atom group
+            if pos < n and text[pos] in (0x5B, 0x3C):  # nested section or odd partial: careful parser
+                return None
+            token = m.group(5)
+            if token[0] == 0x7E:  # `~` starts only a literal8 marker; anything else is an error
+                return None
+            if token.isdigit():
+                cur.append(int(token))
+            elif token in (b"NIL", b"nil"):
+                cur.append(None)
+            else:
+                cur.append(token.decode("utf-8", "replace"))
+        elif kind == 1:
+            stack.append(cur)
+            cur = []
+        elif kind == 2:
+            if not stack:
+                return None
+            parent = stack.pop()
+            parent.append(cur)
+            cur = parent
+        elif kind == 3:
+            body = m.group(3)
+            cur.append(_UNESCAPE.sub(rb"\1", body) if b"\\" in body else body)
+        else:  # a literal marker: its data, in order
+            if used >= len(literals) or len(literals[used]) != int(m.group(4)):
+                return None
+            cur.append(literals[used])
+            used += 1
+    return None if stack else cur
+
+
 def parse_values(raw: RawResponse, pos: int = 0) -> list[Value]:
     """All values from `pos` to the end of the response."""
+    fast = _fast_values(raw, pos)
+    return fast if fast is not None else _careful_values(raw, pos)
+
+
+def _careful_values(raw: RawResponse, pos: int) -> list[Value]:
     c = _Cursor(raw, pos)
     out: list[Value] = []
     n = len(raw.text)

@@ -18,9 +18,10 @@ from typing import Any
 
 from bson import Binary
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
 from services.fetcher.imap.protocol import Value
+
+from .inserts import insert_new
 
 BODIES = "message_bodies"
 CHUNK = 1 << 20
@@ -211,13 +212,7 @@ class BodyStore:
 
     async def put_many(self, docs: list[dict[str, Any]]) -> None:
         """Insert; a duplicate key is a replay of a body already stored (same bytes)."""
-        if not docs:
-            return
-        try:
-            await self._col.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self._col, docs)
 
     async def get(self, message_doc_id: str) -> bytes | None:
         parts = [d async for d in self._col.find({"message": message_doc_id})]

@@ -19,7 +19,6 @@ from typing import Any, Literal, Protocol
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
 from contracts import Envelope
 from contracts.common import MessageRef
@@ -42,6 +41,7 @@ from .bodies import (
     without_body,
 )
 from .cursor import CursorStore, FolderCursor
+from .inserts import insert_new
 from .messages import (
     GMAIL_ITEMS,
     HEADER_ITEMS,
@@ -286,41 +286,102 @@ class FolderSync:
         if cur.initial_since is not None:
             crit += f" SINCE {_imap_date(cur.initial_since)}"
         uids = [u for u in await session.uid_search(crit) if low <= u < cur.bodies_below]
-        for chunk in chunks_desc(uids, self._tuning.body_chunk):
-            await self._fetch_bodies(session, chunk, result)
-            cur.bodies_below = chunk[0]
-            await self._cursors.save(cur)
+        await self._bodies_pipelined(session, cur, uids, result)
         cur.bodies_below = low
         cur.bodies_done = low <= 1
         await self._cursors.save(cur)
         return not cur.bodies_done
 
+    async def _bodies_pipelined(
+        self, session: ImapSession, cur: FolderCursor, uids: list[int], result: PassResult
+    ) -> None:
+        """The backlog's bodies, newest first, in units of `_next_bodies` and three overlapping stages:
+        FETCH of unit k+1, building unit k, storing and announcing unit k-1 (Dovecot, this process and
+        FerretDB/Kafka busy at once instead of in turn). `bodies_below` moves only once a unit is
+        stored, in order. At most three units (3 x 16 MiB of bodies) are held at a time."""
+        if not uids:
+            return
+        queue, sizes = deque(sorted(uids, reverse=True)), dict[int, int]()
+        pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
+        writing: asyncio.Future[int] | None = None
+        stored_below = cur.bodies_below
+        try:
+            while True:
+                unit, fetched = await pending
+                more = bool(queue)
+                if more:
+                    pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
+                docs, events = self._body_records(fetched)
+                if writing is not None:
+                    result.bodies += await writing
+                    cur.bodies_below = stored_below
+                    await self._cursors.save(cur)
+                writing = asyncio.ensure_future(self._store_bodies(docs, events))
+                stored_below = unit[-1]  # the unit's lowest UID: units go newest first
+                if not more:
+                    break
+            result.bodies += await writing
+            cur.bodies_below = stored_below
+            await self._cursors.save(cur)
+        finally:
+            for fut in (pending, writing):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                    if fut is pending:
+                        session.abort()  # a command cut off mid-response leaves the stream unusable
+                    with contextlib.suppress(BaseException):
+                        await fut
+
     async def _fetch_bodies(self, session: ImapSession, uids: list[int], result: PassResult) -> None:
         """Store bodies, then say so with `message updated` (body_stored). Oversized: flagged only."""
-        ctx = self.ctx
+        queue, sizes = deque(sorted(uids, reverse=True)), dict[int, int]()
+        while queue:
+            _, fetched = await self._next_bodies(session, queue, sizes)
+            docs, events = self._body_records(fetched)
+            result.bodies += await self._store_bodies(docs, events)
+
+    async def _store_bodies(self, docs: list[dict[str, Any]], events: list[Envelope[Any]]) -> int:
+        # Stored first, then announced: a subscriber told `body_stored` finds the body.
+        await self._bodies.put_many(docs)
+        if events:
+            await self._publisher.publish_all(events)
+        log.debug(
+            "bodies stored",
+            extra={"inbox_id": self.ctx.inbox_id, "folder": self.ctx.folder, "count": len(events)},
+        )
+        return len(events)
+
+    async def _next_bodies(
+        self, session: ImapSession, queue: deque[int], sizes: dict[int, int]
+    ) -> tuple[list[int], list[dict[str, Value]]]:
+        """The next unit from the front of `queue` (UIDs, newest first) and its FETCH results with
+        `BODY[]`: bytes within the size cap, None above it (only the header is downloaded, so `message
+        updated` can still say `too_large`). A unit is at most `body_chunk` messages and `UNIT_BYTES` of
+        bodies (at least one message); the rest goes back to the queue. `sizes` keeps RFC822.SIZE
+        across units, so a message put back is not asked for twice. Gone messages have no size and are
+        skipped."""
+        window = [queue.popleft() for _ in range(min(self._tuning.body_chunk, len(queue)))]
+        unknown = [u for u in window if u not in sizes]
+        if unknown:
+            got = await session.uid_fetch(compress(unknown), "UID RFC822.SIZE")
+            sizes.update((_uid(i), _size(i)) for i in got)
+        cap = self._tuning.body_max_bytes
+        n = unit_length([sizes.get(u, 0) for u in window], cap=cap, budget=UNIT_BYTES)
+        queue.extendleft(reversed(window[n:]))
+        unit = window[:n]
         extra = " MODSEQ" if "CONDSTORE" in session.capabilities else ""
         # The labels too: the body's `message updated` carries them, and an empty list would read as
         # "every label removed" to a consumer.
         extra += " X-GM-MSGID X-GM-LABELS" if self._tuning.gmail else ""
-        sizes = await session.uid_fetch(compress(uids), "UID RFC822.SIZE")
-        cap = self._tuning.body_max_bytes
-        small = [_uid(i) for i in sizes if _size(i) <= cap]
-        big = [_uid(i) for i in sizes if _size(i) > cap]
+        small = [u for u in unit if u in sizes and sizes[u] <= cap]
+        big = [u for u in unit if u in sizes and sizes[u] > cap]
         fetched = []
         if small:
             fetched = await session.uid_fetch(compress(small), f"UID FLAGS RFC822.SIZE BODY.PEEK[]{extra}")
         if big:
             heads = await session.uid_fetch(compress(big), f"UID FLAGS RFC822.SIZE BODY.PEEK[HEADER]{extra}")
             fetched += [{**h, "BODY[]": None} for h in heads]
-        docs, events = self._body_records(fetched)
-        # Stored first, then announced: a subscriber told `body_stored` finds the body.
-        await self._bodies.put_many(docs)
-        if events:
-            await self._publisher.publish_all(events)
-        result.bodies += len(events)
-        log.debug(
-            "bodies stored", extra={"inbox_id": ctx.inbox_id, "folder": ctx.folder, "count": len(events)}
-        )
+        return unit, fetched
 
     def _body_records(
         self, fetched: list[dict[str, Value]], keys: dict[int, str] | None = None
@@ -643,12 +704,7 @@ class FolderSync:
 
     async def _insert(self, docs: list[dict[str, Any]]) -> None:
         """Plain inserts (FerretDB: ~60x faster than upserts); a duplicate is a concurrent replay."""
-        try:
-            await self._messages.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            other = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
-            if other:
-                raise
+        await insert_new(self._messages, docs)
 
     async def _sweep_old_uidvalidity(self, cur: FolderCursor, result: PassResult) -> None:
         """After a rebuild: what was not found again under the new UIDVALIDITY is gone."""

@@ -15,6 +15,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from contracts.common import Address, MessageRef
@@ -22,6 +23,8 @@ from contracts.messages import DeliveryReport, MessageReceived, MessageReceivedD
 from mailsync.dsn import CLASSIFICATION_HEADERS, delivery_report
 from mailsync.imap_names import decode_mailbox
 from services.fetcher.imap.protocol import Value
+
+from .header_fields import plain_fields
 
 _PARSER = BytesHeaderParser(policy=compat32)
 # Flags that describe this session, not the message.
@@ -155,11 +158,20 @@ class FetchedMessage:
 
     def _index(self) -> dict[str, list[str]]:
         if self._by_name is None:
+            fields = plain_fields(self.header_bytes)
+            if fields is None:  # not plain: the stdlib parses it (and reports its defects)
+                fields = [(name, str(value)) for name, value in self.headers.items()]
             index: dict[str, list[str]] = {}
-            for name, value in self.headers.items():
-                index.setdefault(name.lower(), []).append(str(value))
+            for name, value in fields:
+                index.setdefault(name.lower(), []).append(value)
             self._by_name = index
         return self._by_name
+
+    @property
+    def header_defects(self) -> list[str]:
+        """The stdlib's defect class names for this header block (a plain block has none)."""
+        self._index()  # parses with the stdlib only when the block is not plain
+        return [] if self._headers is None else [type(d).__name__ for d in self._headers.defects]
 
     def header(self, name: str) -> str | None:
         values = self._index().get(name.lower())
@@ -185,12 +197,27 @@ def addresses(msg: FetchedMessage, name: str) -> list[Address]:
     values = msg.header_all(name)
     if not values:
         return []
-    out: list[Address] = []
-    for display, email in getaddresses(values):
-        if not email:
-            continue
-        out.append(Address(name=decode_words(display) or None, email=email[:320]))
-    return out
+    key = tuple(values)
+    if sum(map(len, key)) > CACHED_FIELD_CHARS:  # long lists are rare: not worth the memory
+        return list(_parse_addresses(key))
+    return list(_cached_addresses(key))
+
+
+# A mailbox's mail repeats the same few address fields (the owner in To, regular correspondents in
+# From): parsing one costs ~40 µs, a lookup well under 1. `Address` is frozen, so sharing is safe.
+# At most 8,192 fields of at most 512 characters: a few MB per process.
+CACHED_FIELD_CHARS = 512
+
+
+def _parse_addresses(values: tuple[str, ...]) -> tuple[Address, ...]:
+    return tuple(
+        Address(name=decode_words(display) or None, email=email[:320])
+        for display, email in getaddresses(list(values))
+        if email
+    )
+
+
+_cached_addresses = lru_cache(maxsize=8192)(_parse_addresses)
 
 
 def message_ids(value: str | None) -> list[str]:
@@ -291,7 +318,7 @@ def header_problems(msg: FetchedMessage) -> list[str]:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         out.add("header.not_utf8")
-    out.update(f"header.{type(d).__name__}" for d in msg.headers.defects)
+    out.update(f"header.{name}" for name in msg.header_defects)
     out.update(f"header.duplicate.{name}" for name in _SINGLE_FIELDS if len(msg.header_all(name)) > 1)
     date = msg.header("Date")
     if date is not None and date.strip() and parse_date(date) is None:
