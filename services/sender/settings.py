@@ -42,7 +42,8 @@ class SenderSettings(ServiceSettings):
     sender_unconfirmed_policy: Literal["resend", "fail"] = Field(
         default="resend",
         description="A send interrupted after SMTP started whose Message-ID is not in the Sent folder: "
-        "send again (duplicates possible for servers that file no copy) or fail with send.outcome_unknown.",
+        "send again (duplicates possible for servers that file no copy), within sender_max_attempts (past "
+        "it: send.attempts_exhausted and the dead-letter topic), or fail with send.outcome_unknown.",
     )
     # SMTP and IMAP
     sender_smtp_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -20,9 +20,9 @@ from pymongo import AsyncMongoClient
 
 from contracts.messages import MessageReceived
 from services.fetcher.sync.folder import FolderSync, SyncTuning
-from services.fetcher.sync.messages import FolderContext
 from tests.integration.conftest import MailUser
-from tests.integration.test_fetcher_initial_bodies import Recorder, connect, spy_fetches
+from tests.integration.folder_kit import connect, inbox_context
+from tests.integration.test_fetcher_initial_bodies import Recorder, spy_fetches
 from tests.integration.test_fetcher_sync import append, mail, record, sync_env, unique_by_id
 
 pytestmark = pytest.mark.integration
@@ -124,14 +124,7 @@ async def test_initial_units_fetch_a_report_whole_and_nothing_more_without_one( 
     raws = [mail(i, tag) for i in range(1, 5)] + [dsn(tag, user.email)] + [mail(i, tag) for i in range(6, 9)]
     await asyncio.to_thread(append, user, port, raws)
     db = mongo[f"test_bfunit_{tag}"]
-    ctx = FolderContext(
-        tenant_id="t1",
-        inbox_id=f"i-{tag}",
-        folder="INBOX",
-        uidvalidity=0,
-        source="/test",
-        own_addresses=frozenset({user.email}),
-    )
+    ctx = inbox_context(user, tag)
     tuning = SyncTuning(backfill_days=None, fetch_chunk=3, inline_bodies=inline)
     recorder = Recorder(db, ctx)
     fetches: list[tuple[str, str]] = []

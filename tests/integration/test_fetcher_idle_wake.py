@@ -23,8 +23,8 @@ from mailsync.settings import ServiceSettings
 from services.fetcher.imap.session import ImapSession
 from services.fetcher.sync.cursor import CursorStore
 from services.fetcher.sync.folder import FolderSync, SyncTuning
-from services.fetcher.sync.messages import FolderContext
 from tests.integration.conftest import MailUser
+from tests.integration.folder_kit import inbox_context
 from tests.integration.test_fetcher_sync import append, imap, mail
 
 pytestmark = pytest.mark.integration
@@ -90,14 +90,7 @@ async def publisher(kafka_bootstrap: str) -> AsyncIterator[RecordingPublisher]:
 
 
 def folder_sync(db: Any, publisher: RecordingPublisher, user: MailUser, tag: str) -> FolderSync:
-    ctx = FolderContext(
-        tenant_id="t1",
-        inbox_id=f"i-{tag}",
-        folder="INBOX",
-        uidvalidity=0,
-        source="/test",
-        own_addresses=frozenset({user.email}),
-    )
+    ctx = inbox_context(user, tag)
     tuning = SyncTuning(backfill_days=None, body_delay_seconds=0.3)
     return FolderSync(ctx, db=db, publisher=publisher, tuning=tuning)
 

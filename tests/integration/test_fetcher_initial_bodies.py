@@ -11,7 +11,6 @@ bodies from the backlog.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from services.fetcher.sync import folder as folder_module
 from services.fetcher.sync.folder import FolderSync, SyncTuning
 from services.fetcher.sync.messages import FolderContext
 from tests.integration.conftest import MailUser
+from tests.integration.folder_kit import connect, inbox_context
 from tests.integration.test_fetcher_sync import append, mail
 
 pytestmark = pytest.mark.integration
@@ -66,14 +66,6 @@ def big_mail(tag: str) -> bytes:
     return head.encode() + (b"y" * 78 + b"\r\n") * (CAP // 80 + 10)
 
 
-async def connect(user: MailUser, port: int) -> ImapSession:
-    session = await ImapSession.connect(
-        "127.0.0.1", port, "starttls", ssl_context=ssl._create_unverified_context()
-    )
-    await session.login(user.email, user.password)
-    return session
-
-
 def spy_fetches(session: ImapSession, log: list[tuple[str, str]]) -> None:
     original = session.uid_fetch
 
@@ -97,14 +89,7 @@ async def test_initial_sync_stores_bodies_in_the_same_pass_and_resumes_after_a_c
     # Units of at most two small bodies: the byte budget cuts the 5-message FETCH windows.
     monkeypatch.setattr(folder_module, "UNIT_BYTES", 2 * one + one // 2)
     db = mongo[f"test_inline_{tag}"]
-    ctx = FolderContext(
-        tenant_id="t1",
-        inbox_id=f"i-{tag}",
-        folder="INBOX",
-        uidvalidity=0,
-        source="/test",
-        own_addresses=frozenset({user.email}),
-    )
+    ctx = inbox_context(user, tag)
     tuning = SyncTuning(backfill_days=None, fetch_chunk=5, body_max_bytes=CAP, inline_bodies=True)
     try:
         crashed = Recorder(db, ctx, fail_on=4)  # the third unit's writes fail
@@ -175,14 +160,7 @@ async def test_headers_synced_without_bodies_get_them_from_the_backlog(  # type:
     tag = uuid.uuid4().hex[:8]
     await asyncio.to_thread(append, user, port, [mail(i, tag) for i in range(7)])
     db = mongo[f"test_backlog_{tag}"]
-    ctx = FolderContext(
-        tenant_id="t1",
-        inbox_id=f"i-{tag}",
-        folder="INBOX",
-        uidvalidity=0,
-        source="/test",
-        own_addresses=frozenset({user.email}),
-    )
+    ctx = inbox_context(user, tag)
     session = await connect(user, port)
     try:
         rec = Recorder(db, ctx)
@@ -233,14 +211,7 @@ async def test_backlog_units_stay_within_the_byte_budget_and_resume_after_a_cras
     one = len(raws[0])
     monkeypatch.setattr(folder_module, "UNIT_BYTES", 2 * one + one // 2)  # two small bodies a unit
     db = mongo[f"test_units_{tag}"]
-    ctx = FolderContext(
-        tenant_id="t1",
-        inbox_id=f"i-{tag}",
-        folder="INBOX",
-        uidvalidity=0,
-        source="/test",
-        own_addresses=frozenset({user.email}),
-    )
+    ctx = inbox_context(user, tag)
     tuning = SyncTuning(backfill_days=None, fetch_chunk=5, body_max_bytes=CAP, body_chunk=5)
     try:
         crashed = FailOnBodyUnit(db, ctx, n=3)

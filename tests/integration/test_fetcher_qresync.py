@@ -21,8 +21,8 @@ from mailsync.kafka import EventPublisher, make_broker
 from mailsync.settings import ServiceSettings
 from services.fetcher.imap.session import ImapSession
 from services.fetcher.sync.folder import FolderSync, SyncTuning
-from services.fetcher.sync.messages import FolderContext
 from tests.integration.conftest import MailUser
+from tests.integration.folder_kit import inbox_context
 from tests.integration.test_fetcher_sync import append, imap, mail
 
 pytestmark = pytest.mark.integration
@@ -56,14 +56,7 @@ async def test_expunge_detected_through_qresync_vanished(  # type: ignore[no-unt
     try:
         await session.login(user.email, user.password)
         assert "QRESYNC" in await session.enable("QRESYNC")
-        ctx = FolderContext(
-            tenant_id="t1",
-            inbox_id=f"i-{tag}",
-            folder="INBOX",
-            uidvalidity=0,
-            source="/test",
-            own_addresses=frozenset({user.email}),
-        )
+        ctx = inbox_context(user, tag)
         fs = FolderSync(ctx, db=db, publisher=EventPublisher(broker), tuning=SyncTuning(backfill_days=None))
         first = await fs.run_pass(session)
         assert first.received == 4

@@ -155,6 +155,20 @@ def _imap_date(dt: datetime) -> str:
     return dt.strftime("%d-%b-%Y")
 
 
+async def _stop_stages(
+    session: ImapSession, fetching: asyncio.Future[Any], writing: asyncio.Future[Any] | None
+) -> None:
+    """After a pipeline ended early (an error, a cancel): stop the stages still running. A FETCH cut
+    off mid-response leaves the IMAP stream unusable, so the session is aborted with it."""
+    for fut in (fetching, writing):
+        if fut is not None and not fut.done():
+            fut.cancel()
+            if fut is fetching:
+                session.abort()
+            with contextlib.suppress(BaseException):
+                await fut
+
+
 class FolderSync:
     def __init__(
         self,
@@ -324,13 +338,7 @@ class FolderSync:
             cur.bodies_below = stored_below
             await self._cursors.save(cur)
         finally:
-            for fut in (pending, writing):
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                    if fut is pending:
-                        session.abort()  # a command cut off mid-response leaves the stream unusable
-                    with contextlib.suppress(BaseException):
-                        await fut
+            await _stop_stages(session, pending, writing)
 
     async def _fetch_bodies(self, session: ImapSession, uids: list[int], result: PassResult) -> None:
         """Store bodies, then say so with `message updated` (body_stored). Oversized: flagged only."""
@@ -498,13 +506,7 @@ class FolderSync:
             if inline:
                 cur.bodies_below = 1  # every body of the window is stored: nothing left for the backlog
         finally:
-            for fut in (pending, writing):
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                    if fut is pending:
-                        session.abort()  # a command cut off mid-response leaves the stream unusable
-                    with contextlib.suppress(BaseException):
-                        await fut
+            await _stop_stages(session, pending, writing)
 
     async def _initial_remaining(self, session: ImapSession, cur: FolderCursor) -> list[int]:
         """The UIDs the initial sync still has to do (below `initial_below`, within the window)."""
