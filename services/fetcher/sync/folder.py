@@ -78,6 +78,8 @@ class SyncTuning:
     body_chunk: int = 250
     body_max_bytes: int = 25 * 1024 * 1024
     body_chunks_per_pass: int = 8  # bounds one pass, so new mail is not kept waiting by the backlog
+    # Body units being stored at once: FerretDB converts concurrent requests in parallel (bench/sync.py).
+    body_stores_in_flight: int = 2
     # Bodies in the initial sync's own FETCHes instead of a backlog after the headers. Off by default:
     # on 100,000 messages (bench/sync.py --inline-bodies) every event was out after 45 s headers-first
     # but only after 90 s inline, for a whole sync only 7% shorter (90 s vs 97 s): our CPU binds.
@@ -156,11 +158,11 @@ def _imap_date(dt: datetime) -> str:
 
 
 async def _stop_stages(
-    session: ImapSession, fetching: asyncio.Future[Any], writing: asyncio.Future[Any] | None
+    session: ImapSession, fetching: asyncio.Future[Any], *writing: asyncio.Future[Any] | None
 ) -> None:
     """After a pipeline ended early (an error, a cancel): stop the stages still running. A FETCH cut
     off mid-response leaves the IMAP stream unusable, so the session is aborted with it."""
-    for fut in (fetching, writing):
+    for fut in (fetching, *writing):
         if fut is not None and not fut.done():
             fut.cancel()
             if fut is fetching:
@@ -309,16 +311,16 @@ class FolderSync:
     async def _bodies_pipelined(
         self, session: ImapSession, cur: FolderCursor, uids: list[int], result: PassResult
     ) -> None:
-        """The backlog's bodies, newest first, in units of `_next_bodies` and three overlapping stages:
-        FETCH of unit k+1, building unit k, storing and announcing unit k-1 (Dovecot, this process and
-        FerretDB/Kafka busy at once instead of in turn). `bodies_below` moves only once a unit is
-        stored, in order. At most three units (3 x 16 MiB of bodies) are held at a time."""
+        """The backlog's bodies, newest first, in units of `_next_bodies` and overlapping stages: FETCH
+        of unit k+1, building unit k, storing and announcing up to `body_stores_in_flight` units before
+        it (Dovecot, this process and FerretDB/Kafka busy at once instead of in turn). `bodies_below`
+        moves only once a unit and every unit before it are stored, in order. At most
+        `body_stores_in_flight` + 2 units (of at most 16 MiB of bodies each) are held at a time."""
         if not uids:
             return
         queue, sizes = deque(sorted(uids, reverse=True)), dict[int, int]()
         pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
-        writing: asyncio.Future[int] | None = None
-        stored_below = cur.bodies_below
+        stores: deque[tuple[asyncio.Future[int], int]] = deque()  # (store, the unit's lowest UID)
         try:
             while True:
                 unit, fetched = await pending
@@ -326,19 +328,23 @@ class FolderSync:
                 if more:
                     pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
                 docs, events = self._body_records(fetched)
-                if writing is not None:
-                    result.bodies += await writing
-                    cur.bodies_below = stored_below
-                    await self._cursors.save(cur)
-                writing = asyncio.ensure_future(self._store_bodies(docs, events))
-                stored_below = unit[-1]  # the unit's lowest UID: units go newest first
+                while len(stores) >= self._tuning.body_stores_in_flight:
+                    await self._unit_stored(cur, result, *stores.popleft())
+                # Units go newest first: once stored, everything from the unit's lowest UID up is done.
+                stores.append((asyncio.ensure_future(self._store_bodies(docs, events)), unit[-1]))
                 if not more:
                     break
-            result.bodies += await writing
-            cur.bodies_below = stored_below
-            await self._cursors.save(cur)
+            while stores:
+                await self._unit_stored(cur, result, *stores.popleft())
         finally:
-            await _stop_stages(session, pending, writing)
+            await _stop_stages(session, pending, *(store for store, _ in stores))
+
+    async def _unit_stored(
+        self, cur: FolderCursor, result: PassResult, store: asyncio.Future[int], low: int
+    ) -> None:
+        result.bodies += await store
+        cur.bodies_below = low
+        await self._cursors.save(cur)
 
     async def _fetch_bodies(self, session: ImapSession, uids: list[int], result: PassResult) -> None:
         """Store bodies, then say so with `message updated` (body_stored). Oversized: flagged only."""
