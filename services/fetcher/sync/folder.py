@@ -78,8 +78,9 @@ class SyncTuning:
     body_chunk: int = 250
     body_max_bytes: int = 25 * 1024 * 1024
     body_chunks_per_pass: int = 8  # bounds one pass, so new mail is not kept waiting by the backlog
-    # Body units being stored at once: FerretDB converts concurrent requests in parallel (bench/sync.py).
-    body_stores_in_flight: int = 2
+    # Body units being stored at once. 2 measured no faster than 1 (bench/sync.py, 20,000 messages: the
+    # body phase took 6.2/5.2 s against 6.0/5.2 s) while holding a unit more: 1.
+    body_stores_in_flight: int = 1
     # Bodies in the initial sync's own FETCHes instead of a backlog after the headers. Off by default:
     # on 100,000 messages (bench/sync.py --inline-bodies) every event was out after 45 s headers-first
     # but only after 90 s inline, for a whole sync only 7% shorter (90 s vs 97 s): our CPU binds.
