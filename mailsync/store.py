@@ -8,10 +8,13 @@ accumulator (only the first one sees documents): use one accumulator per `$group
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from .settings import ServiceSettings
 
@@ -38,3 +41,24 @@ async def ping(db: AsyncDatabase[Document]) -> bool:
     except Exception:
         return False
     return True
+
+
+DUPLICATE_KEY = 11000
+
+
+async def insert_new(collection: AsyncCollection[Document], docs: Sequence[Document]) -> set[int]:
+    """Insert `docs` unordered; returns the indexes (into `docs`) of those whose `_id` existed already.
+
+    A unique `_id` is how every service claims work and makes a replay harmless, so a duplicate is an
+    answer, not an error; any other write error is raised.
+    """
+    if not docs:
+        return set()
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {int(e["index"]) for e in errors}
+    return set()

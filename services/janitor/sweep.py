@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope, parse_event
 from contracts.inbox import (
@@ -41,7 +41,7 @@ from contracts.inbox import (
     InboxDeactivationWarningCancelled,
 )
 from mailsync.kafka import EventPublisher
-from mailsync.store import Document
+from mailsync.store import Document, insert_new
 
 from .activity import INBOX_ACTIVITY, USER_ACTIVITY
 from .cleanup_policy import Case, Decision, InboxFacts, Thresholds, decide
@@ -56,7 +56,6 @@ log = logging.getLogger("mailsync.janitor.sweep")
 ACTIONS = "janitor_actions"
 LOOKUPS_IN_FLIGHT = 32  # concurrent `_id` lookups of an incremental sweep
 DEACTIVATIONS_IN_FLIGHT = 8  # inboxes deactivated (claimed, announced, purged) at once
-DUPLICATE_KEY = 11000
 
 FIELDS = {
     "_id": 1,
@@ -323,13 +322,7 @@ class Sweeper:
             cases.append(self._new_case(doc, d, now, status="warned", outbox=[event.model_dump_json()]))
         warnings.clear()
         # The unique `_id` (the inbox) is the claim: one replica, one open case per inbox.
-        lost: set[int] = set()
-        try:
-            await self.cases.insert_many(cases, ordered=False)
-        except BulkWriteError as exc:
-            lost = {e["index"] for e in exc.details.get("writeErrors", []) if e.get("code") == DUPLICATE_KEY}
-            if len(lost) != len(exc.details.get("writeErrors", [])):
-                raise
+        lost = await insert_new(self.cases, cases)
         won = [c for i, c in enumerate(cases) if i not in lost]
         if not won:
             return

@@ -18,9 +18,8 @@ from typing import Any, Protocol
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
-from mailsync.store import Document
+from mailsync.store import Document, insert_new
 
 from .directory import ADDRESSES, RECORDS, VERSIONS, address_key, record_key
 from .discovery_rules import Policy
@@ -40,7 +39,6 @@ SEEN = "link_seen"
 MIDS = "link_mids"
 OUTBOX = "link_outbox"
 RELINK_NOTES = "link_relink_notes"
-DUPLICATE_KEY = 11000
 
 Key = tuple[str, str]  # (tenant, address | Message-ID | thread id)
 
@@ -139,25 +137,6 @@ def _mid_entry(doc: Document) -> Document:
         "thread_id": doc["thread_id"],
         "send_id": doc.get("send_id"),
     }
-
-
-def _duplicates(exc: BulkWriteError) -> list[int]:
-    """Indexes of the documents refused as duplicates; any other write error is raised."""
-    errors = exc.details.get("writeErrors", [])
-    if any(err.get("code") != DUPLICATE_KEY for err in errors):
-        raise exc
-    return [int(err["index"]) for err in errors]
-
-
-async def _insert_new(col: Any, docs: Sequence[Document]) -> list[int]:
-    """insert_many that tolerates duplicates (a redelivery): returns their indexes."""
-    if not docs:
-        return []
-    try:
-        await col.insert_many(list(docs), ordered=False)
-    except BulkWriteError as exc:
-        return _duplicates(exc)
-    return []
 
 
 # Inbox registry documents change rarely; linking reads them for every message.
@@ -260,13 +239,7 @@ class MongoLinkStore:
             {"_id": f"{tenant}:{e}:{doc_id}", "tenant_id": tenant, "email": e, "doc_id": doc_id}
             for e in sorted(set(emails))
         ]
-        if not docs:
-            return
-        try:
-            await self._db[PARTICIPANTS].insert_many(docs, ordered=False)
-        except BulkWriteError as exc:  # entries from an earlier delivery are fine; anything else is not
-            if any(err.get("code") != DUPLICATE_KEY for err in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self._db[PARTICIPANTS], docs)  # entries from an earlier delivery stay
 
     async def messages_with(self, tenant: str, emails: Collection[str]) -> list[str]:
         if not emails:
@@ -335,7 +308,7 @@ class MongoLinkStore:
 
     async def mark_seen(self, doc_ids: Sequence[str]) -> set[str]:
         ids = list(dict.fromkeys(doc_ids))
-        dups = await _insert_new(self._db[SEEN], [{"_id": i} for i in ids])
+        dups = await insert_new(self._db[SEEN], [{"_id": i} for i in ids])
         return {ids[i] for i in dups}
 
     async def get_messages(self, doc_ids: Collection[str]) -> dict[str, Document]:
@@ -347,7 +320,7 @@ class MongoLinkStore:
         return {d["_id"]: d async for d in self._db[MESSAGES].find({"_id": {"$in": sorted(doc_ids)}})}
 
     async def insert_messages(self, docs: Sequence[Document]) -> set[str]:
-        dups = await _insert_new(self._db[MESSAGES], docs)
+        dups = await insert_new(self._db[MESSAGES], docs)
         return {docs[i]["_id"] for i in dups}
 
     async def index_participants_many(self, entries: Sequence[tuple[str, str, Iterable[str]]]) -> None:
@@ -356,7 +329,7 @@ class MongoLinkStore:
             for tenant, doc_id, emails in entries
             for e in sorted(set(emails))
         ]
-        await _insert_new(self._db[PARTICIPANTS], docs)
+        await insert_new(self._db[PARTICIPANTS], docs)
 
     async def _scans(self) -> bool:
         """Does the server read every document for any filter (FerretDB v1)? Then reading a tenant's whole
@@ -457,7 +430,7 @@ class MongoLinkStore:
         ]
 
     async def note_threads(self, docs: Sequence[Document]) -> None:
-        await _insert_new(
+        await insert_new(
             self._db[MIDS], [_mid_entry(d) for d in docs if d.get("message_id") and d.get("thread_id")]
         )
 
@@ -486,14 +459,14 @@ class MongoLinkStore:
             }
             for tenant, thread_id, sent in entries
         ]
-        await _insert_new(self._db[THREADS], docs)  # the first message that tracked a thread stays
+        await insert_new(self._db[THREADS], docs)  # the first message that tracked a thread stays
 
     async def claim_contacts(self, claims: Sequence[tuple[str, str, str]]) -> set[Key]:
         docs = [
             {"_id": f"{t}:{email}", "tenant_id": t, "email": email, "first_doc": doc_id}
             for t, email, doc_id in claims
         ]
-        dups = await _insert_new(self._db[CONTACTS], docs)
+        dups = await insert_new(self._db[CONTACTS], docs)
         won = {(t, email) for t, email, _ in claims}
         if dups:  # claimed before: by this message (a redelivery) or by another one
             holders = {

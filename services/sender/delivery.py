@@ -60,7 +60,7 @@ from mailsync.inbox_record import InboxRecord
 from mailsync.kafka import EventPublisher
 from mailsync.logs import scrub
 from mailsync.oauth2 import OAuth2Error
-from mailsync.store import Document
+from mailsync.store import Document, insert_new
 
 from . import limits
 from .admission import admit
@@ -98,7 +98,6 @@ TRAILING_BYTES = 256 * 1024 * 1024  # ... and their messages' bytes at most
 TAKE_WAIT_SECONDS = 30.0  # the intake waits this long at most for room in the backlog
 BUSY_SCAN_SECONDS = 5.0
 STOP_STEP_SECONDS = 5.0  # with every slot taken, the queue is scanned for other due work this seldom
-DUPLICATE_KEY = 11000
 # The journal insert after SMTP accepted, retried in place (jittered backoff, ~3 s at most in all, within
 # STOP_STEP_SECONDS): a lost write sends its whole batch through recovery after the lease, and inboxes
 # whose Sent copy we append would get their messages sent again (the search finds no copy yet).
@@ -107,15 +106,6 @@ JOURNAL_RETRY_BASE_SECONDS = 0.2
 JOURNAL_RETRY_MAX_SECONDS = 1.6
 
 log = logging.getLogger("mailsync.sender.delivery")
-
-
-async def _insert_ignoring_duplicates(collection: Any, docs: list[dict[str, Any]]) -> None:
-    try:
-        await collection.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        # A document written before (a retried batch, a recovered request) is fine; anything else is not.
-        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-            raise
 
 
 def _write_error_text(exc: PyMongoError) -> str:
@@ -378,7 +368,7 @@ class Delivery:
         attempt = 1
         while True:
             try:
-                await _insert_ignoring_duplicates(self._db[SEND_JOURNAL], docs)
+                await insert_new(self._db[SEND_JOURNAL], docs)
                 return
             except PyMongoError as exc:
                 delay = write_retry_delay(
@@ -415,7 +405,7 @@ class Delivery:
                 attempt += 1
 
     async def _write_outcomes(self, docs: list[dict[str, Any]]) -> None:
-        await _insert_ignoring_duplicates(self._db[SEND_OUTCOMES], docs)
+        await insert_new(self._db[SEND_OUTCOMES], docs)
         # Only now may the queue entries go: a crash before this finds no outcome and resumes.
         self._finished.extend(d["_id"] for d in docs)
         self._wake.set()

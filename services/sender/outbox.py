@@ -18,17 +18,17 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope
 from contracts.common import ErrorInfo
 from contracts.sending import SendFailed, SendFailedData, SendRequested, SendRequestedData
 from mailsync.kafka import EventPublisher
 from mailsync.outbound_ids import message_id_for, send_id_for
-from mailsync.store import Document
+from mailsync.store import Document, insert_new
 
 from .admission import admit
-from .delivery import DUPLICATE_KEY, SEND_OUTCOMES, SEND_QUEUE, failed_events, sent_event
+from .delivery import SEND_OUTCOMES, SEND_QUEUE, failed_events, sent_event
 
 SEND_REQUESTS = "send_requests"
 INBOXES = "inboxes"  # owned by the fetcher; read-only here
@@ -38,18 +38,6 @@ EMBED_COMMAND_BYTES = 16 * 1024  # commands up to this size ride along in the qu
 
 def request_key(tenant_id: str, inbox_id: str, idempotency_key: str) -> str:
     return f"{tenant_id}:{inbox_id}:{idempotency_key}"
-
-
-async def _insert_many(collection: Any, docs: list[dict[str, Any]]) -> set[int]:
-    """Insert all; the indexes (into `docs`) of those whose _id existed already."""
-    try:
-        await collection.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        return {int(e["index"]) for e in errors}
-    return set()
 
 
 def _domain(address: str) -> str:
@@ -200,7 +188,7 @@ class Outbox:
         )
 
     async def _refuse_many(self, refused: list[tuple[dict[str, Any], SendFailed]]) -> None:
-        duplicates = await _insert_many(self._db[SEND_REQUESTS], [doc for doc, _ in refused])
+        duplicates = await insert_new(self._db[SEND_REQUESTS], [doc for doc, _ in refused])
         fresh: list[Envelope[Any]] = []
         for i, (doc, failed) in enumerate(refused):
             if i not in duplicates:
@@ -217,7 +205,7 @@ class Outbox:
         await self._publisher.publish_all(fresh)
 
     async def _admit_many(self, docs: list[dict[str, Any]]) -> None:
-        duplicates = await _insert_many(self._db[SEND_REQUESTS], docs)
+        duplicates = await insert_new(self._db[SEND_REQUESTS], docs)
         fresh = [doc for i, doc in enumerate(docs) if i not in duplicates]
         taken: list[dict[str, Any]] = []
         if fresh:
@@ -230,7 +218,7 @@ class Outbox:
             # A handed-over entry carries its command in memory only: the stored one stays small (the
             # queue is scanned for due work), and a later claim reads the request instead.
             stored = [_without_command(q) if claimed[i] else q for i, q in enumerate(queued)]
-            lost = await _insert_many(self._db[SEND_QUEUE], stored)
+            lost = await insert_new(self._db[SEND_QUEUE], stored)
             taken = [
                 {**q, "command": doc["command"]}
                 for i, (q, doc) in enumerate(zip(queued, fresh, strict=True))

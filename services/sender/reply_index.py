@@ -10,13 +10,13 @@ import contextlib
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope
 from contracts.messages import MessageReceived
-from mailsync.store import Document
+from mailsync.store import Document, insert_new
 
-from .delivery import DUPLICATE_KEY, REPLY_CONTEXT
+from .delivery import REPLY_CONTEXT
 
 
 def _bracket(mid: str) -> str:
@@ -33,11 +33,7 @@ class ReplyIndex:
         docs = {d["_id"]: d for d in map(self._doc, events) if d is not None}
         if not docs:
             return
-        try:
-            await self._db[REPLY_CONTEXT].insert_many(list(docs.values()), ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self._db[REPLY_CONTEXT], list(docs.values()))
 
     async def apply(self, event: Envelope[Any]) -> None:
         doc = self._doc(event)

@@ -8,6 +8,7 @@ import imaplib
 import os
 import ssl
 import uuid
+from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,49 @@ def _fetch_from_inbox(lab: MailLab, email: str, password: str, message_id: str) 
         part = fetched[0]
         assert isinstance(part, tuple) and isinstance(part[1], bytes)
         return bytes(part[1])
+
+
+@dataclass
+class KilledAfterSmtp:
+    """A sender SIGKILLed after Postfix accepted (and delivered) one message, before journaling it."""
+
+    db: Any
+    events: Any
+    group: str
+    database: str
+    inbox_id: str
+    key: str
+    rid: str
+    mid: str
+
+
+async def kill_after_smtp(  # noqa: PLR0917
+    service: Any, producer: Any, watch: Any, mongo: Any, lab: MailLab, alice: Any, bob: Any, prefix: str
+) -> KilledAfterSmtp:
+    group = f"test-sender-{uuid.uuid4().hex[:8]}"
+    first = service(
+        "sender",
+        history=False,  # the shared topics' backlog is not this test's; the restart resumes
+        **sender_env(
+            MAILSYNC_SENDER_FAULT_PAUSE_AFTER_SMTP_SECONDS="120",
+            MAILSYNC_SENDER_LEASE_SECONDS="3",
+            MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
+        ),
+    )
+    db = mongo[first.database]
+    inbox_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    await db.inboxes.insert_one(inbox_doc(inbox_id, alice.email, alice.password, lab))
+    events = await watch("mailsync.send.events.v1")
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    await producer(send_command(inbox_id, key, alice.email, bob.email))
+    rid = f"{TENANT}:{inbox_id}:{key}"
+    queued = await eventually(lambda: db.send_queue.find_one({"_id": rid, "status": "sending"}), BACKLOG_S)
+    mid = queued["message_id"]
+    # Accepted by Postfix and delivered; the sender sleeps before journaling the outcome.
+    await eventually(lambda: count_copies(lab, bob.email, bob.password, mid, sent=False), 20)
+    first.proc.kill()
+    first.proc.wait()
+    return KilledAfterSmtp(db, events, group, first.database, inbox_id, key, rid, mid)
 
 
 async def test_sent_once_delivered_and_copied_once_even_when_the_command_comes_twice(  # type: ignore[no-untyped-def]  # noqa: PLR0917
@@ -254,28 +298,8 @@ async def test_sigkill_after_smtp_before_its_outcome_is_resolved_from_the_sent_f
     """Killed after SMTP accepted but before the outcome was stored: the restarted sender searches the Sent
     folder (here filed as a self-filing provider would) for our Message-ID and does not send again."""
     alice, bob = mail_user_factory("alice"), mail_user_factory("bob")
-    group = f"test-sender-{uuid.uuid4().hex[:8]}"
-    first = service(
-        "sender",
-        history=False,  # the shared topics' backlog is not this test's; the restart below resumes
-        **sender_env(
-            MAILSYNC_SENDER_FAULT_PAUSE_AFTER_SMTP_SECONDS="120",
-            MAILSYNC_SENDER_LEASE_SECONDS="3",
-            MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
-        ),
-    )
-    db = mongo[first.database]
-    inbox_id = f"i-{uuid.uuid4().hex[:6]}"
-    await db.inboxes.insert_one(inbox_doc(inbox_id, alice.email, alice.password, mail_lab))
-    events = await watch("mailsync.send.events.v1")
-    key = f"k-{uuid.uuid4().hex[:8]}"
-    await producer(send_command(inbox_id, key, alice.email, bob.email))
-    rid = f"{TENANT}:{inbox_id}:{key}"
-    queued = await eventually(lambda: db.send_queue.find_one({"_id": rid, "status": "sending"}), BACKLOG_S)
-    mid = queued["message_id"]
-    await eventually(lambda: count_copies(mail_lab, bob.email, bob.password, mid, sent=False), 20)
-    first.proc.kill()
-    first.proc.wait()
+    k = await kill_after_smtp(service, producer, watch, mongo, mail_lab, alice, bob, "i")
+    events, group, key, mid = k.events, k.group, k.key, k.mid
     raw = await asyncio.to_thread(_fetch_from_inbox, mail_lab, bob.email, bob.password, mid)
     await asyncio.to_thread(_append_to_sent, mail_lab, alice.email, alice.password, raw)
 
@@ -283,7 +307,7 @@ async def test_sigkill_after_smtp_before_its_outcome_is_resolved_from_the_sent_f
         "sender",
         **sender_env(
             MAILSYNC_SENDER_LEASE_SECONDS="3",
-            MAILSYNC_MONGO_DATABASE=first.database,
+            MAILSYNC_MONGO_DATABASE=k.database,
             MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
         ),
     )

@@ -25,6 +25,7 @@ from tests.integration.test_sender_delivery import (
     TENANT,
     count_copies,
     inbox_doc,
+    kill_after_smtp,
     send_command,
     sender_env,
 )
@@ -97,29 +98,8 @@ async def test_sigkill_after_smtp_for_an_appending_inbox_never_resends_under_the
     service, producer, watch, mongo: Mongo, mail_lab: MailLab, mail_user_factory
 ) -> None:
     alice, bob = mail_user_factory("uk-alice"), mail_user_factory("uk-bob")
-    group = f"test-sender-{uuid.uuid4().hex[:8]}"
-    first = service(
-        "sender",
-        history=False,  # the shared topics' backlog is not this test's; the restart below resumes
-        **sender_env(
-            MAILSYNC_SENDER_FAULT_PAUSE_AFTER_SMTP_SECONDS="120",
-            MAILSYNC_SENDER_LEASE_SECONDS="3",
-            MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
-        ),
-    )
-    db = mongo[first.database]
-    inbox_id = f"uk-{uuid.uuid4().hex[:6]}"
-    await db.inboxes.insert_one(inbox_doc(inbox_id, alice.email, alice.password, mail_lab))
-    events = await watch("mailsync.send.events.v1")
-    key = f"k-{uuid.uuid4().hex[:8]}"
-    await producer(send_command(inbox_id, key, alice.email, bob.email))
-    rid = f"{TENANT}:{inbox_id}:{key}"
-    queued = await eventually(lambda: db.send_queue.find_one({"_id": rid, "status": "sending"}), BACKLOG_S)
-    mid = queued["message_id"]
-    # Accepted by Postfix and delivered; the sender sleeps before journaling the outcome.
-    await eventually(lambda: count_copies(mail_lab, bob.email, bob.password, mid, sent=False), 20)
-    first.proc.kill()
-    first.proc.wait()
+    k = await kill_after_smtp(service, producer, watch, mongo, mail_lab, alice, bob, "uk")
+    db, events, group, inbox_id, key, rid, mid = k.db, k.events, k.group, k.inbox_id, k.key, k.rid, k.mid
     assert await db.send_journal.find_one({"_id": f"{rid}:sent"}) is None
     assert await count_copies(mail_lab, alice.email, alice.password, mid, sent=True) == 0
 
@@ -128,7 +108,7 @@ async def test_sigkill_after_smtp_for_an_appending_inbox_never_resends_under_the
         **sender_env(
             MAILSYNC_SENDER_LEASE_SECONDS="3",
             MAILSYNC_SENDER_UNCONFIRMED_POLICY="fail",
-            MAILSYNC_MONGO_DATABASE=first.database,
+            MAILSYNC_MONGO_DATABASE=k.database,
             MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
         ),
     )

@@ -19,9 +19,8 @@ from typing import Any
 from bson import Binary
 from pymongo.asynchronous.database import AsyncDatabase
 
+from mailsync.store import insert_new
 from services.fetcher.imap.protocol import Value
-
-from .inserts import insert_new
 
 BODIES = "message_bodies"
 CHUNK = 1 << 20

@@ -26,6 +26,7 @@ from contracts.inbox import SyncProgress, SyncProgressData
 from contracts.messages import MessageDeleted, MessageDeletedData, MessageUpdated, MessageUpdatedData
 from mailsync import metrics
 from mailsync.logs import scrub
+from mailsync.store import insert_new
 from services.fetcher.imap.protocol import Untagged, Value
 from services.fetcher.imap.seqset import chunks_desc, compress
 from services.fetcher.imap.session import AuthenticationFailed, ImapError, ImapSession, MailboxState
@@ -41,7 +42,6 @@ from .bodies import (
     without_body,
 )
 from .cursor import CursorStore, FolderCursor
-from .inserts import insert_new
 from .messages import (
     GMAIL_ITEMS,
     HEADER_ITEMS,
@@ -369,13 +369,23 @@ class FolderSync:
     async def _next_bodies(
         self, session: ImapSession, queue: deque[int], sizes: dict[int, int]
     ) -> tuple[list[int], list[dict[str, Value]]]:
+        """The backlog's next unit (see `_sized_unit`), with MODSEQ and, on Gmail, the labels: the body's
+        `message updated` carries them, and an empty list would read as "every label removed"."""
+        extra = " MODSEQ" if "CONDSTORE" in session.capabilities else ""
+        extra += " X-GM-MSGID X-GM-LABELS" if self._tuning.gmail else ""
+        items = f"UID FLAGS RFC822.SIZE {HEADER_SECTION}{extra}"
+        return await self._sized_unit(session, queue, self._tuning.body_chunk, items, sizes)
+
+    async def _sized_unit(
+        self, session: ImapSession, queue: deque[int], limit: int, items: str, sizes: dict[int, int]
+    ) -> tuple[list[int], list[dict[str, Value]]]:
         """The next unit from the front of `queue` (UIDs, newest first) and its FETCH results with
-        `BODY[]`: bytes within the size cap, None above it (only the header is downloaded, so `message
-        updated` can still say `too_large`). A unit is at most `body_chunk` messages and `UNIT_BYTES` of
-        bodies (at least one message); the rest goes back to the queue. `sizes` keeps RFC822.SIZE
-        across units, so a message put back is not asked for twice. Gone messages have no size and are
-        skipped."""
-        window = [queue.popleft() for _ in range(min(self._tuning.body_chunk, len(queue)))]
+        `BODY[]`: `items` with the whole message for those within the size cap, bytes; only `items`
+        (the header) above it, `BODY[]` None (`message updated` can still say `too_large`). A unit is
+        at most `limit` messages and `UNIT_BYTES` of bodies (at least one message); the rest goes back
+        to the queue. `sizes` keeps RFC822.SIZE across units, so a message put back is not asked for
+        twice. Gone messages have no size and are skipped."""
+        window = [queue.popleft() for _ in range(min(limit, len(queue)))]
         unknown = [u for u in window if u not in sizes]
         if unknown:
             got = await session.uid_fetch(compress(unknown), "UID RFC822.SIZE")
@@ -384,18 +394,13 @@ class FolderSync:
         n = unit_length([sizes.get(u, 0) for u in window], cap=cap, budget=UNIT_BYTES)
         queue.extendleft(reversed(window[n:]))
         unit = window[:n]
-        extra = " MODSEQ" if "CONDSTORE" in session.capabilities else ""
-        # The labels too: the body's `message updated` carries them, and an empty list would read as
-        # "every label removed" to a consumer.
-        extra += " X-GM-MSGID X-GM-LABELS" if self._tuning.gmail else ""
         small = [u for u in unit if u in sizes and sizes[u] <= cap]
         big = [u for u in unit if u in sizes and sizes[u] > cap]
-        fetched = []
+        fetched: list[dict[str, Value]] = []
         if small:
-            fetched = await session.uid_fetch(compress(small), f"UID FLAGS RFC822.SIZE BODY.PEEK[]{extra}")
+            fetched = await session.uid_fetch(compress(small), items.replace(HEADER_SECTION, WHOLE_SECTION))
         if big:
-            heads = await session.uid_fetch(compress(big), f"UID FLAGS RFC822.SIZE BODY.PEEK[HEADER]{extra}")
-            fetched += [{**h, "BODY[]": None} for h in heads]
+            fetched += [{**h, "BODY[]": None} for h in await session.uid_fetch(compress(big), items)]
         return unit, fetched
 
     def _body_records(
@@ -568,29 +573,15 @@ class FolderSync:
     ) -> tuple[list[int], list[dict[str, Value]]]:
         """The next unit from the front of `queue` (UIDs, newest first) and its FETCH results.
 
-        Inline bodies: RFC822.SIZE first, then headers and bodies in one FETCH for messages within the
-        size cap (the header is cut from the body), headers only above it. A unit holds at most
-        `UNIT_BYTES` of bodies (at least one message); the rest of the window goes back to the queue.
+        Inline bodies: headers and bodies in one FETCH within the size cap and the unit byte budget
+        (`_sized_unit`; the header is cut from the body later), headers only above the cap.
         """
+        if inline:
+            return await self._sized_unit(session, queue, self._tuning.fetch_chunk, items, {})
         window = [queue.popleft() for _ in range(min(self._tuning.fetch_chunk, len(queue)))]
-        if not inline:
-            # Delivery reports among them are fetched whole in the same stage (overlapping the previous
-            # unit's writes), so their backfilled `message received` carries the `delivery_report` too.
-            return window, await self._with_reports(session, await session.uid_fetch(compress(window), items))
-        got = await session.uid_fetch(compress(window), "UID RFC822.SIZE")
-        sizes = {_uid(i): _size(i) for i in got}
-        cap = self._tuning.body_max_bytes
-        n = unit_length([sizes.get(u, 0) for u in window], cap=cap, budget=UNIT_BYTES)
-        queue.extendleft(reversed(window[n:]))
-        unit = window[:n]
-        small = [u for u in unit if sizes.get(u, 0) <= cap]
-        big = [u for u in unit if sizes.get(u, 0) > cap]
-        fetched: list[dict[str, Value]] = []
-        if small:
-            fetched = await session.uid_fetch(compress(small), items.replace(HEADER_SECTION, WHOLE_SECTION))
-        if big:
-            fetched += [{**h, "BODY[]": None} for h in await session.uid_fetch(compress(big), items)]
-        return unit, fetched
+        # Delivery reports among them are fetched whole in the same stage (overlapping the previous
+        # unit's writes), so their backfilled `message received` carries the `delivery_report` too.
+        return window, await self._with_reports(session, await session.uid_fetch(compress(window), items))
 
     async def _write_unit(
         self,
@@ -712,7 +703,8 @@ class FolderSync:
         return len(batch.events)
 
     async def _insert(self, docs: list[dict[str, Any]]) -> None:
-        """Plain inserts (FerretDB: ~60x faster than upserts); a duplicate is a concurrent replay."""
+        """Plain inserts (FerretDB: ~60x faster than upserts); a duplicate is a concurrent replay. Split
+        into concurrent requests measured no faster (bench/sync.py), so one request."""
         await insert_new(self._messages, docs)
 
     async def _sweep_old_uidvalidity(self, cur: FolderCursor, result: PassResult) -> None:

@@ -22,10 +22,11 @@ from typing import Any
 from pydantic import ValidationError
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from mailsync.credentials import CredentialKeyError, Keyring
 from mailsync.inbox_record import RUNNING_STATUSES, InboxRecord
+from mailsync.store import insert_new
 
 from .folder import Publisher
 from .inbox import InboxSync, SyncConfig, shrink_tls_read_buffer
@@ -134,16 +135,11 @@ class SyncManager:
         held = {k for k in keys if leases.get(k, {}).get("owner") == self.owner}
         free = [k for k in keys if k not in leases]
         if free:
-            lost: set[str] = set()
-            try:
-                await col.insert_many(
-                    [{"_id": k, "owner": self.owner, "expires_at": until} for k in free], ordered=False
-                )
-            except BulkWriteError as exc:  # a duplicate: another replica took it first
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != 11000 for e in errors):
-                    raise
-                lost = {free[e["index"]] for e in errors}
+            # A duplicate: another replica took it first.
+            taken = await insert_new(
+                col, [{"_id": k, "owner": self.owner, "expires_at": until} for k in free]
+            )
+            lost = {free[i] for i in taken}
             held |= set(free) - lost
         for key in keys:
             lease = leases.get(key)
