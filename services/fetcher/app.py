@@ -45,6 +45,7 @@ def setup(rt: Runtime) -> None:
                 tls_cafile=settings.fetcher_tls_ca_file,
                 bodies=settings.fetcher_sync_bodies,
                 body_max_bytes=settings.fetcher_sync_body_max_bytes,
+                body_pass_seconds=settings.fetcher_sync_body_pass_seconds,
                 daily_download_mb=settings.fetcher_sync_daily_download_mb,
                 connect_concurrency=settings.fetcher_sync_connect_concurrency,
                 confirmation_email=settings.fetcher_sync_confirmation_email,

@@ -61,6 +61,12 @@ class FetcherSettings(ServiceSettings):
     fetcher_sync_body_max_bytes: int = Field(
         default=25 * 1024 * 1024, ge=0, description="Larger messages are flagged `too_large`, not fetched."
     )
+    fetcher_sync_body_pass_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long one pass of the body backlog runs before the folder is looked at again "
+        "(new mail seen on the connection ends it sooner).",
+    )
 
     # Operator console (issue #10): pages under /console on this HTTP port.
     fetcher_console_enabled: bool = Field(default=True, description="Serve the operator console at /console.")

@@ -116,6 +116,10 @@ class ImapSession:
         self._progress_from: tuple[float, int] | None = None
         # Untagged responses that arrived outside IDLE (EXISTS/EXPUNGE/FETCH/VANISHED during a command).
         self.unsolicited: list[Untagged] = []
+        # EXISTS responses noted outside IDLE since the connection opened: a pass compares it with its
+        # value after EXAMINE to tell mail that arrived during the pass (the list above is only
+        # cleared by IDLE, so it may hold older ones the EXAMINE already covered).
+        self.exists_noted = 0
         # What ended the last IDLE, kept for the next sync pass (`take_wake`): new mail alone lets it
         # skip the full pass. None once taken, so a stale wake never steers a later pass.
         self._wake: list[Untagged] | None = None
@@ -499,6 +503,7 @@ class ImapSession:
     def _note(self, u: Untagged) -> None:
         if u.kind in WAKE_KINDS:
             self.unsolicited.append(u)
+            self.exists_noted += u.kind == "EXISTS"
 
 
 def _vanished(untagged: list[Untagged]) -> Vanished | None:

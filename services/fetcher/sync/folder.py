@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -77,7 +78,12 @@ class SyncTuning:
     bodies: bool = True
     body_chunk: int = 250
     body_max_bytes: int = 25 * 1024 * 1024
-    body_chunks_per_pass: int = 8  # bounds one pass, so new mail is not kept waiting by the backlog
+    # One backlog pass: at most this many chunks (one UID SEARCH window) and at most `body_pass_seconds`,
+    # ended early when new mail waits (an EXISTS seen on the connection). Passes are few on purpose:
+    # each starts with an EXAMINE, which on a 100,000-message Maildir cost Dovecot ~0.4 CPU-s
+    # (bench/sync.py: 50 passes of 8 chunks made the body phase 45 s instead of 23 s).
+    body_chunks_per_pass: int = 200
+    body_pass_seconds: float = 10.0
     # Body units being stored at once. 2 measured no faster than 1 (bench/sync.py, 20,000 messages: the
     # body phase took 6.2/5.2 s against 6.0/5.2 s) while holding a unit more: 1.
     body_stores_in_flight: int = 1
@@ -198,6 +204,7 @@ class FolderSync:
         self._unsaved = False  # the cursor in memory is ahead of the stored one
         self._unsaved_since = 0.0
         self._missing = False  # the last EXAMINE found no such folder
+        self._exists_mark = 0  # `session.exists_noted` after this pass's EXAMINE
 
     @property
     def key(self) -> str:
@@ -233,6 +240,7 @@ class FolderSync:
         if cur is not None and cur.initial_done and cur.highestmodseq:
             known = (cur.uidvalidity, cur.highestmodseq)
         state = await self._examine(session, known)
+        self._exists_mark = session.exists_noted
         self.ctx = FolderContext(**{**self.ctx.__dict__, "uidvalidity": state.uidvalidity})
         result = PassResult()
         if cur is None:
@@ -303,29 +311,33 @@ class FolderSync:
         if cur.initial_since is not None:
             crit += f" SINCE {_imap_date(cur.initial_since)}"
         uids = [u for u in await session.uid_search(crit) if low <= u < cur.bodies_below]
-        await self._bodies_pipelined(session, cur, uids, result)
-        cur.bodies_below = low
-        cur.bodies_done = low <= 1
+        until = time.monotonic() + self._tuning.body_pass_seconds
+        if await self._bodies_pipelined(session, cur, uids, result, until=until):
+            cur.bodies_below = low  # the whole window: also past UIDs the SEARCH did not return
+        cur.bodies_done = cur.bodies_below <= 1
         await self._cursors.save(cur)
         return not cur.bodies_done
 
     async def _bodies_pipelined(
-        self, session: ImapSession, cur: FolderCursor, uids: list[int], result: PassResult
-    ) -> None:
+        self, session: ImapSession, cur: FolderCursor, uids: list[int], result: PassResult, *, until: float
+    ) -> bool:
         """The backlog's bodies, newest first, in units of `_next_bodies` and overlapping stages: FETCH
         of unit k+1, building unit k, storing and announcing up to `body_stores_in_flight` units before
         it (Dovecot, this process and FerretDB/Kafka busy at once instead of in turn). `bodies_below`
         moves only once a unit and every unit before it are stored, in order. At most
-        `body_stores_in_flight` + 2 units (of at most 16 MiB of bodies each) are held at a time."""
+        `body_stores_in_flight` + 2 units (of at most 16 MiB of bodies each) are held at a time.
+        No further unit is started after `until` (monotonic) or once new mail waits; returns whether
+        every UID was done."""
         if not uids:
-            return
+            return True
         queue, sizes = deque(sorted(uids, reverse=True)), dict[int, int]()
         pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
         stores: deque[tuple[asyncio.Future[int], int]] = deque()  # (store, the unit's lowest UID)
         try:
             while True:
                 unit, fetched = await pending
-                more = bool(queue)
+                arrived = session.exists_noted > self._exists_mark  # new mail: end the pass for it
+                more = bool(queue) and time.monotonic() < until and not arrived
                 if more:
                     pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
                 docs, events = self._body_records(fetched)
@@ -339,6 +351,7 @@ class FolderSync:
                 await self._unit_stored(cur, result, *stores.popleft())
         finally:
             await _stop_stages(session, pending, *(store for store, _ in stores))
+        return not queue
 
     async def _unit_stored(
         self, cur: FolderCursor, result: PassResult, store: asyncio.Future[int], low: int

@@ -76,6 +76,7 @@ class SyncConfig:
     tls_cafile: str | None = None
     bodies: bool = True
     body_max_bytes: int = 25 * 1024 * 1024
+    body_pass_seconds: float = 10.0
     daily_download_mb: int | None = None  # None: the provider's known limit (Gmail 2,500 MB), else none
     connect_concurrency: int = 32  # connection set-ups in progress at once, for all inboxes of a replica
     confirmation_email: bool = False  # on initial-sync completion, a `send requested` to the inbox itself
@@ -278,6 +279,7 @@ class InboxSync:
             gmail=is_gmail(caps),
             bodies=self._config.bodies,
             body_max_bytes=self._config.body_max_bytes,
+            body_pass_seconds=self._config.body_pass_seconds,
         )
         state = await self._run_state()
         await self._report_status("idle" if state.get("initial_completed") else "syncing")
