@@ -84,9 +84,10 @@ class SyncTuning:
     # (bench/sync.py: 50 passes of 8 chunks made the body phase 45 s instead of 23 s).
     body_chunks_per_pass: int = 200
     body_pass_seconds: float = 10.0
-    # Body units being stored at once. 2 measured no faster than 1 (bench/sync.py, 20,000 messages: the
-    # body phase took 6.2/5.2 s against 6.0/5.2 s) while holding a unit more: 1.
-    body_stores_in_flight: int = 1
+    # Body units being stored at once: the next unit's insert overlaps this one's announcement (bodies
+    # are stored before they are announced). bench/sync.py, 100,000 messages, three runs each:
+    # 48.0-53.8 s with 2 against 57.4-62.5 s with 1. Holds one unit (<= 16 MiB of bodies) more.
+    body_stores_in_flight: int = 2
     # Bodies in the initial sync's own FETCHes instead of a backlog after the headers. Off by default:
     # on 100,000 messages (bench/sync.py --inline-bodies) every event was out after 45 s headers-first
     # but only after 90 s inline, for a whole sync only 7% shorter (90 s vs 97 s): our CPU binds.
