@@ -94,6 +94,8 @@ class EventPublisher:
         topic = topic_of(event)
         return topic, topic.key_for(event), event.model_dump_json().encode()
 
+    # The event id is also the record's FastStream correlation id: stable across replays, and no
+    # uuid4 drawn per record (~5 us each on a publish path of ~45 us).
     @staticmethod
     def headers(event: Envelope[Any]) -> dict[str, str]:
         # CloudEvents Kafka binding names; lets consumers route without parsing the body.
@@ -102,7 +104,9 @@ class EventPublisher:
     async def publish(self, event: Envelope[Any]) -> None:
         """Publish one event and wait for Kafka's acknowledgement."""
         topic, key, body = self.route(event)
-        await self._broker.publish(body, topic.name, key=key, headers=self.headers(event))
+        await self._broker.publish(
+            body, topic.name, key=key, headers=self.headers(event), correlation_id=event.id
+        )
         metrics.observe_produced(topic.name, event.type)
 
     async def publish_all(self, events: Sequence[Envelope[Any]]) -> None:
@@ -126,7 +130,12 @@ class EventPublisher:
                 for event in events:
                     topic, key, body = self.route(event)
                     fut = await self._broker.publish(
-                        body, topic.name, key=key, headers=self.headers(event), no_confirm=True
+                        body,
+                        topic.name,
+                        key=key,
+                        headers=self.headers(event),
+                        correlation_id=event.id,
+                        no_confirm=True,
                     )
                     futures.append(fut)
         await asyncio.gather(*futures)

@@ -1,0 +1,72 @@
+"""What a record published by `EventPublisher` looks like on the real Kafka: keyed by inbox, the event id
+in `ce_id` and as FastStream's correlation id (the same on a replay), the event as the JSON value, in
+order, whichever of `publish` and `publish_all` sent it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from contracts import topic_of
+from contracts.common import MessageRef
+from contracts.messages import MessageReceived, MessageReceivedData
+from mailsync.kafka import EventPublisher, make_broker
+from mailsync.settings import ServiceSettings
+
+pytestmark = pytest.mark.integration
+
+
+def received(inbox: str, uid: int) -> MessageReceived:
+    data = MessageReceivedData(
+        ref=MessageRef(message_key=f"m:{inbox}-{uid}", folder="INBOX", uidvalidity=1, uid=uid),
+        history=False,
+        direction="inbound",
+        size=100,
+    )
+    return MessageReceived.build(data=data, tenant_id="t1", inbox_id=inbox, source="/test")
+
+
+async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(kafka_bootstrap: str) -> None:
+    inbox = f"i-{uuid.uuid4().hex[:8]}"
+    events = [received(inbox, uid) for uid in (1, 2, 3)]
+    topic = topic_of(events[0])
+    key = topic.key_for(events[0])
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    broker = make_broker(ServiceSettings(service_name="test", kafka_bootstrap_servers=kafka_bootstrap))
+    await broker.start()
+    try:
+        meta = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await meta.start()
+        try:
+            parts = [TopicPartition(topic.name, p) for p in sorted(await meta.partitions_for(topic.name))]
+        finally:
+            await meta.stop()
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
+        for tp in parts:
+            await consumer.position(tp)
+        publisher = EventPublisher(broker)
+        await publisher.publish_all(events[:2])
+        await publisher.publish(events[2])
+        await publisher.publish(events[2])  # a replay: same id, same correlation id
+        mine: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(30):
+            while len(mine) < 4:
+                batch = await consumer.getmany(timeout_ms=500)
+                mine += [r for records in batch.values() for r in records if r.key == key]
+        ids = [e.id for e in events] + [events[2].id]
+        assert [json.loads(r.value)["id"] for r in mine] == ids, "in order, the event as the value"
+        for record, event_id in zip(mine, ids, strict=True):
+            headers = {k: v.decode() for k, v in record.headers}
+            assert headers["ce_id"] == event_id
+            assert headers["correlation_id"] == event_id
+            assert headers["ce_type"] == "mailsync.message.received"
+            assert headers["content-type"] == "application/cloudevents+json"
+    finally:
+        await broker.stop()
+        await consumer.stop()
