@@ -10,9 +10,11 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -22,6 +24,9 @@ from . import metrics
 from .settings import ServiceSettings
 
 log = logging.getLogger("mailsync.kafka")
+
+_PARTITIONER = DefaultPartitioner()  # what make_broker's producer uses (no custom partitioner is set)
+_PARTITION_CACHE = 100_000  # keys remembered (inbox ids, mostly), then forgotten all at once
 
 
 def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
@@ -88,6 +93,46 @@ class EventPublisher:
 
     def __init__(self, broker: KafkaBroker) -> None:
         self._broker = broker
+        self._partitions: dict[tuple[str, bytes], tuple[int, int]] = {}  # (topic, key) → (count, partition)
+
+    def _direct(self) -> AIOKafkaProducer | None:
+        """aiokafka's producer under FastStream's, used when no publish middleware (tracing) has to see
+        the records: FastStream's publish cost ~40 µs of CPU a record, the producer's send with the
+        partition given ~23-26 µs (20,000 `message received` events, local Kafka). None: FastStream
+        publishes."""
+        if self._broker.middlewares:
+            return None
+        state = getattr(getattr(self._broker, "_producer", None), "_producer", None)
+        producer = getattr(state, "producer", None)
+        return producer if isinstance(producer, AIOKafkaProducer) else None
+
+    def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int | None:
+        """The partition aiokafka's default partitioner picks for `key` (murmur2, in Python: computed
+        once per key and partition count). None before the topic's metadata is known: send decides."""
+        cluster = producer.client.cluster
+        known = cluster.partitions_for_topic(topic)
+        if not known:
+            return None
+        cached = self._partitions.get((topic, key))
+        if cached is not None and cached[0] == len(known):
+            return cached[1]
+        available = list(cluster.available_partitions_for_topic(topic) or ())
+        partition = int(_PARTITIONER(key, list(known), available))
+        if len(self._partitions) >= _PARTITION_CACHE:
+            self._partitions.clear()
+        self._partitions[(topic, key)] = (len(known), partition)
+        return partition
+
+    async def _send(self, producer: AIOKafkaProducer, event: Envelope[Any]) -> asyncio.Future[Any]:
+        """Send one record without waiting for its acknowledgement; the same record FastStream sends."""
+        topic, key, body = self.route(event)
+        headers = [(k, v.encode()) for k, v in self.headers(event).items()]
+        headers.append(("correlation_id", event.id.encode()))
+        partition = self._partition(producer, topic.name, key)
+        fut: asyncio.Future[Any] = await producer.send(
+            topic.name, body, key=key, partition=partition, headers=headers
+        )
+        return fut
 
     @staticmethod
     def route(event: Envelope[Any]) -> tuple[Topic, bytes, bytes]:
@@ -103,11 +148,15 @@ class EventPublisher:
 
     async def publish(self, event: Envelope[Any]) -> None:
         """Publish one event and wait for Kafka's acknowledgement."""
-        topic, key, body = self.route(event)
-        await self._broker.publish(
-            body, topic.name, key=key, headers=self.headers(event), correlation_id=event.id
-        )
-        metrics.observe_produced(topic.name, event.type)
+        producer = self._direct()
+        if producer is not None:
+            await (await self._send(producer, event))
+        else:
+            topic, key, body = self.route(event)
+            await self._broker.publish(
+                body, topic.name, key=key, headers=self.headers(event), correlation_id=event.id
+            )
+        metrics.observe_produced(topic_of(event).name, event.type)
 
     async def publish_all(self, events: Sequence[Envelope[Any]]) -> None:
         """Publish many events pipelined, returning once Kafka acknowledged all of them.
@@ -125,9 +174,13 @@ class EventPublisher:
         (e.g. the span of the input that caused it, so traces survive batching), still pipelined and in
         order, returning once Kafka acknowledged all of them."""
         futures: list[asyncio.Future[Any]] = []
+        producer = self._direct()
         for context, events in groups:
             with context:
                 for event in events:
+                    if producer is not None:
+                        futures.append(await self._send(producer, event))
+                        continue
                     topic, key, body = self.route(event)
                     fut = await self._broker.publish(
                         body,

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from opentelemetry.sdk.trace import TracerProvider
 
 from contracts import topic_of
 from contracts.common import MessageRef
@@ -30,20 +31,29 @@ def received(inbox: str, uid: int) -> MessageReceived:
     return MessageReceived.build(data=data, tenant_id="t1", inbox_id=inbox, source="/test")
 
 
-async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize("path", ["producer", "faststream"])
+async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(
+    kafka_bootstrap: str, path: str
+) -> None:
     inbox = f"i-{uuid.uuid4().hex[:8]}"
     events = [received(inbox, uid) for uid in (1, 2, 3)]
     topic = topic_of(events[0])
     key = topic.key_for(events[0])
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
-    broker = make_broker(ServiceSettings(service_name="test", kafka_bootstrap_servers=kafka_bootstrap))
+    # With a tracer provider FastStream's middleware must see each record, so FastStream publishes;
+    # without one the publisher sends through aiokafka's producer itself.
+    provider = TracerProvider() if path == "faststream" else None
+    settings = ServiceSettings(service_name="test", kafka_bootstrap_servers=kafka_bootstrap)
+    broker = make_broker(settings, tracer_provider=provider)
     await broker.start()
     try:
         meta = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await meta.start()
         try:
             parts = [TopicPartition(topic.name, p) for p in sorted(await meta.partitions_for(topic.name))]
+            # Where aiokafka's default partitioner puts this key: our records must land there too.
+            expected_partition = (await meta.send_and_wait(topic.name, b"probe", key=key)).partition
         finally:
             await meta.stop()
         consumer.assign(parts)
@@ -58,7 +68,10 @@ async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(kafka_boot
         async with asyncio.timeout(30):
             while len(mine) < 4:
                 batch = await consumer.getmany(timeout_ms=500)
-                mine += [r for records in batch.values() for r in records if r.key == key]
+                mine += [
+                    r for records in batch.values() for r in records if r.key == key and r.value != b"probe"
+                ]
+        assert {r.partition for r in mine} == {expected_partition}
         ids = [e.id for e in events] + [events[2].id]
         assert [json.loads(r.value)["id"] for r in mine] == ids, "in order, the event as the value"
         for record, event_id in zip(mine, ids, strict=True):
