@@ -46,6 +46,8 @@ def setup(rt: Runtime) -> None:
                 bodies=settings.fetcher_sync_bodies,
                 body_max_bytes=settings.fetcher_sync_body_max_bytes,
                 body_pass_seconds=settings.fetcher_sync_body_pass_seconds,
+                burst_poll_seconds=settings.fetcher_sync_burst_poll_seconds,
+                burst_poll_every_seconds=settings.fetcher_sync_burst_poll_every_seconds,
                 daily_download_mb=settings.fetcher_sync_daily_download_mb,
                 connect_concurrency=settings.fetcher_sync_connect_concurrency,
                 confirmation_email=settings.fetcher_sync_confirmation_email,

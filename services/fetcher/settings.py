@@ -61,6 +61,15 @@ class FetcherSettings(ServiceSettings):
     fetcher_sync_body_max_bytes: int = Field(
         default=25 * 1024 * 1024, ge=0, description="Larger messages are flagged `too_large`, not fetched."
     )
+    fetcher_sync_burst_poll_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="After new mail, poll with NOOP instead of IDLE for this long (0: always IDLE): IDLE "
+        "hears of the next message only after the server's notification delay (Dovecot: up to ~0.5 s).",
+    )
+    fetcher_sync_burst_poll_every_seconds: float = Field(
+        default=0.05, gt=0, description="NOOP interval while polling after new mail."
+    )
     fetcher_sync_body_pass_seconds: float = Field(
         default=10.0,
         ge=0,

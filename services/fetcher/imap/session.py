@@ -439,6 +439,24 @@ class ImapSession:
         res = await self._command("NOOP")
         return [u for u in res.untagged if u.kind in WAKE_KINDS]
 
+    async def poll(self, max_seconds: float, every: float) -> list[Untagged]:
+        """NOOP every `every` seconds for at most `max_seconds`, until one tells of a change; returns
+        what it told, as `idle` does (empty: the time ran out). A NOOP is answered from the folder's
+        state at once, while IDLE waits for the server's change notification, which Dovecot delays
+        up to ~0.5 s to coalesce changes: right after new mail, more tends to follow."""
+        woke: list[Untagged] = [u for u in self.unsolicited if u.kind in WAKE_KINDS]
+        self.unsolicited.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_seconds
+        while not woke:
+            woke = await self.noop()
+            remaining = deadline - loop.time()
+            if woke or remaining <= 0:
+                break
+            await asyncio.sleep(min(every, remaining))
+        self._wake = woke
+        return woke
+
     async def idle(self, max_seconds: float, done_timeout: float = 30.0) -> list[Untagged]:  # noqa: PLR0912
         """IDLE until the folder changes or `max_seconds` pass; returns what woke it.
 

@@ -77,6 +77,10 @@ class SyncConfig:
     bodies: bool = True
     body_max_bytes: int = 25 * 1024 * 1024
     body_pass_seconds: float = 10.0
+    # After new mail, NOOP every `burst_poll_every_seconds` for `burst_poll_seconds` instead of IDLE:
+    # mail comes in bursts, and IDLE hears of each message only after the server's notification delay.
+    burst_poll_seconds: float = 2.0
+    burst_poll_every_seconds: float = 0.05
     daily_download_mb: int | None = None  # None: the provider's known limit (Gmail 2,500 MB), else none
     connect_concurrency: int = 32  # connection set-ups in progress at once, for all inboxes of a replica
     confirmation_email: bool = False  # on initial-sync completion, a `send requested` to the inbox itself
@@ -405,6 +409,7 @@ class InboxSync:
     ) -> None:
         backoff = self._backoff()
         last_reconcile = asyncio.get_running_loop().time()
+        poll_until = 0.0  # NOOP polling instead of IDLE until then (after new mail)
         while True:
             session: ImapSession | None = None
             try:
@@ -427,6 +432,8 @@ class InboxSync:
                     if result.received:
                         phase = "initial" if result.initial_completed_now else "incremental"
                         metrics.SYNC_MESSAGES.labels(phase=phase).inc(result.received)
+                        if not result.initial_completed_now:  # new mail, not the backfill's history
+                            poll_until = asyncio.get_running_loop().time() + self._config.burst_poll_seconds
                     if result.initial_completed_now or fs.ctx.folder in self._shared.folders_pending:
                         await self._folder_initial_done(fs.ctx.folder, state)
                     await self._report_status("idle" if state.get("initial_completed") else "syncing")
@@ -438,7 +445,18 @@ class InboxSync:
                         wait = self._config.idle_restart_seconds
                         if result.idle_seconds is not None:  # deferred work (bodies) after a short quiet
                             wait = min(wait, result.idle_seconds)
-                        woke = await session.idle(wait)
+                        polling = poll_until - asyncio.get_running_loop().time()
+                        if polling > 0:
+                            metrics.imap_state(session, "polling")
+                            woke = await session.poll(
+                                min(wait, polling), self._config.burst_poll_every_seconds
+                            )
+                            if not woke and wait > polling:  # the burst window closed: IDLE for the rest
+                                metrics.imap_state(session, "idle")
+                                wait -= polling
+                                woke = await session.idle(wait)
+                        else:
+                            woke = await session.idle(wait)
                         if woke or wait == self._config.idle_restart_seconds:
                             metrics.observe_idle(woke)
                     else:
