@@ -113,26 +113,32 @@ class TopicWatcher:
         raise AssertionError(f"no matching event within {timeout}s; saw {[e.get('type') for e in self.seen]}")
 
 
+async def consumer_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A started consumer assigned every partition of `topic`, its positions pinned to the current
+    end: it reads only what is published after this returns."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    meta = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await meta.start()
+    try:
+        ids = await meta.partitions_for(topic)  # public call that waits for the topic's metadata
+    finally:
+        await meta.stop()
+    partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+    assert partitions, f"topic {topic} has no partitions"
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        await consumer.position(tp)
+    return consumer
+
+
 @pytest_asyncio.fixture
 async def watch(kafka_bootstrap: str) -> AsyncIterator[Callable[[str], Awaitable[TopicWatcher]]]:
     consumers: list[AIOKafkaConsumer] = []
 
     async def make(topic: str) -> TopicWatcher:
-        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        meta = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await meta.start()
-        try:
-            ids = await meta.partitions_for(topic)  # public call that waits for the topic's metadata
-        finally:
-            await meta.stop()
-        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
-        assert partitions, f"topic {topic} has no partitions"
-        # Explicit assignment and positions pinned to the current end before anything is published.
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)
+        consumer = await consumer_at_end(kafka_bootstrap, topic)
         consumers.append(consumer)
         return TopicWatcher(consumer)
 

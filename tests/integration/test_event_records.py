@@ -9,7 +9,7 @@ import json
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from opentelemetry.sdk.trace import TracerProvider
 
 from contracts import topic_of
@@ -17,6 +17,7 @@ from contracts.common import MessageRef
 from contracts.messages import MessageReceived, MessageReceivedData
 from mailsync.kafka import EventPublisher, make_broker
 from mailsync.settings import ServiceSettings
+from tests.integration.conftest import consumer_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +40,14 @@ async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(
     events = [received(inbox, uid) for uid in (1, 2, 3)]
     topic = topic_of(events[0])
     key = topic.key_for(events[0])
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    # Where aiokafka's default partitioner puts this key: our records must land there too.
+    probe = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await probe.start()
+    try:
+        expected_partition = (await probe.send_and_wait(topic.name, b"probe", key=key)).partition
+    finally:
+        await probe.stop()
+    consumer = await consumer_at_end(kafka_bootstrap, topic.name)
     # With a tracer provider FastStream's middleware must see each record, so FastStream publishes;
     # without one the publisher sends through aiokafka's producer itself.
     provider = TracerProvider() if path == "faststream" else None
@@ -48,18 +55,6 @@ async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(
     broker = make_broker(settings, tracer_provider=provider)
     await broker.start()
     try:
-        meta = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await meta.start()
-        try:
-            parts = [TopicPartition(topic.name, p) for p in sorted(await meta.partitions_for(topic.name))]
-            # Where aiokafka's default partitioner puts this key: our records must land there too.
-            expected_partition = (await meta.send_and_wait(topic.name, b"probe", key=key)).partition
-        finally:
-            await meta.stop()
-        consumer.assign(parts)
-        await consumer.seek_to_end(*parts)
-        for tp in parts:
-            await consumer.position(tp)
         publisher = EventPublisher(broker)
         await publisher.publish_all(events[:2])
         await publisher.publish(events[2])
@@ -68,9 +63,7 @@ async def test_records_carry_the_event_id_as_ce_id_and_correlation_id(
         async with asyncio.timeout(30):
             while len(mine) < 4:
                 batch = await consumer.getmany(timeout_ms=500)
-                mine += [
-                    r for records in batch.values() for r in records if r.key == key and r.value != b"probe"
-                ]
+                mine += [r for records in batch.values() for r in records if r.key == key]
         assert {r.partition for r in mine} == {expected_partition}
         ids = [e.id for e in events] + [events[2].id]
         assert [json.loads(r.value)["id"] for r in mine] == ids, "in order, the event as the value"

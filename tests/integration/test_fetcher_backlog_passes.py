@@ -9,8 +9,6 @@ every body is announced once, whatever the passes.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +22,7 @@ from services.fetcher.imap.seqset import expand
 from services.fetcher.sync.folder import FolderSync, PassResult, SyncTuning
 from services.fetcher.sync.messages import FolderContext
 from tests.integration.conftest import MailUser
-from tests.integration.folder_kit import connect, inbox_context
+from tests.integration.folder_kit import connect, seeded_inbox
 from tests.integration.test_fetcher_initial_bodies import Recorder, spy_fetches
 from tests.integration.test_fetcher_sync import append, mail
 
@@ -69,12 +67,8 @@ async def headers_only(
 async def test_new_mail_ends_a_backlog_pass_and_is_announced_before_the_backlog_goes_on(  # type: ignore[no-untyped-def]
     mongo: Mongo, mail_lab, mail_user_factory: Callable[[str], MailUser]
 ) -> None:
-    user = mail_user_factory("backlognew")
-    port = mail_lab.imap_port
-    tag = uuid.uuid4().hex[:8]
-    await asyncio.to_thread(append, user, port, [mail(i, tag) for i in range(20)])
-    db = mongo[f"test_passes_{tag}"]
-    ctx = inbox_context(user, tag)
+    s = await seeded_inbox(mongo, mail_lab.imap_port, mail_user_factory("backlognew"), 20)
+    user, port, tag, db, ctx = s.user, s.port, s.tag, s.db, s.ctx
     try:
         await headers_only(db, ctx, user, port)
         rec = MailDuringBacklog(db, ctx, lambda: append(user, port, [mail(99, tag)]))
@@ -110,12 +104,8 @@ async def test_new_mail_ends_a_backlog_pass_and_is_announced_before_the_backlog_
 async def test_a_pass_out_of_time_stops_after_its_unit_and_the_next_goes_on(  # type: ignore[no-untyped-def]
     mongo: Mongo, mail_lab, mail_user_factory: Callable[[str], MailUser]
 ) -> None:
-    user = mail_user_factory("backlogtime")
-    port = mail_lab.imap_port
-    tag = uuid.uuid4().hex[:8]
-    await asyncio.to_thread(append, user, port, [mail(i, tag) for i in range(7)])
-    db = mongo[f"test_passes_{tag}"]
-    ctx = inbox_context(user, tag)
+    s = await seeded_inbox(mongo, mail_lab.imap_port, mail_user_factory("backlogtime"), 7)
+    user, port, db, ctx = s.user, s.port, s.db, s.ctx
     try:
         await headers_only(db, ctx, user, port)
         rec = Recorder(db, ctx)

@@ -27,7 +27,7 @@ from services.fetcher.sync import folder as folder_module
 from services.fetcher.sync.folder import FolderSync, SyncTuning
 from services.fetcher.sync.messages import FolderContext
 from tests.integration.conftest import MailUser
-from tests.integration.folder_kit import connect, inbox_context
+from tests.integration.folder_kit import connect, inbox_context, seeded_inbox
 from tests.integration.test_fetcher_sync import append, mail
 
 pytestmark = pytest.mark.integration
@@ -155,12 +155,8 @@ async def test_initial_sync_stores_bodies_in_the_same_pass_and_resumes_after_a_c
 async def test_headers_synced_without_bodies_get_them_from_the_backlog(  # type: ignore[no-untyped-def]
     mongo: Mongo, mail_lab, mail_user_factory: Callable[[str], MailUser]
 ) -> None:
-    user = mail_user_factory("backlogbody")
-    port = mail_lab.imap_port
-    tag = uuid.uuid4().hex[:8]
-    await asyncio.to_thread(append, user, port, [mail(i, tag) for i in range(7)])
-    db = mongo[f"test_backlog_{tag}"]
-    ctx = inbox_context(user, tag)
+    s = await seeded_inbox(mongo, mail_lab.imap_port, mail_user_factory("backlogbody"), 7)
+    user, port, db, ctx = s.user, s.port, s.db, s.ctx
     session = await connect(user, port)
     try:
         rec = Recorder(db, ctx)
