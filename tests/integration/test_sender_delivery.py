@@ -141,17 +141,36 @@ class KilledAfterSmtp:
     mid: str
 
 
-async def kill_after_smtp(  # noqa: PLR0917
-    service: Any, producer: Any, watch: Any, mongo: Any, lab: MailLab, alice: Any, bob: Any, prefix: str
-) -> KilledAfterSmtp:
+@dataclass
+class PausedSend:
+    """A sender started with a fault pause, one inbox and one send command for it on its way."""
+
+    first: Any
+    db: Any
+    events: Any
+    group: str
+    inbox_id: str
+    key: str
+
+
+async def paused_send(  # noqa: PLR0917
+    service: Any,
+    producer: Any,
+    watch: Any,
+    mongo: Any,
+    lab: MailLab,
+    alice: Any,
+    bob: Any,
+    prefix: str,
+    pause: str,
+) -> PausedSend:
+    """`pause`: the fault setting that holds the sender 120 s at its step (after SMTP, before APPEND)."""
     group = f"test-sender-{uuid.uuid4().hex[:8]}"
     first = service(
         "sender",
         history=False,  # the shared topics' backlog is not this test's; the restart resumes
         **sender_env(
-            MAILSYNC_SENDER_FAULT_PAUSE_AFTER_SMTP_SECONDS="120",
-            MAILSYNC_SENDER_LEASE_SECONDS="3",
-            MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
+            **{pause: "120"}, MAILSYNC_SENDER_LEASE_SECONDS="3", MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group
         ),
     )
     db = mongo[first.database]
@@ -160,6 +179,24 @@ async def kill_after_smtp(  # noqa: PLR0917
     events = await watch("mailsync.send.events.v1")
     key = f"k-{uuid.uuid4().hex[:8]}"
     await producer(send_command(inbox_id, key, alice.email, bob.email))
+    return PausedSend(first, db, events, group, inbox_id, key)
+
+
+async def kill_after_smtp(  # noqa: PLR0917
+    service: Any, producer: Any, watch: Any, mongo: Any, lab: MailLab, alice: Any, bob: Any, prefix: str
+) -> KilledAfterSmtp:
+    p = await paused_send(
+        service,
+        producer,
+        watch,
+        mongo,
+        lab,
+        alice,
+        bob,
+        prefix,
+        "MAILSYNC_SENDER_FAULT_PAUSE_AFTER_SMTP_SECONDS",
+    )
+    first, db, events, group, inbox_id, key = p.first, p.db, p.events, p.group, p.inbox_id, p.key
     rid = f"{TENANT}:{inbox_id}:{key}"
     queued = await eventually(lambda: db.send_queue.find_one({"_id": rid, "status": "sending"}), BACKLOG_S)
     mid = queued["message_id"]
@@ -245,22 +282,18 @@ async def test_sigkill_between_smtp_and_append_still_copies_exactly_once(  # typ
     service, producer, watch, mongo: Mongo, mail_lab: MailLab, mail_user_factory
 ) -> None:
     alice, bob = mail_user_factory("alice"), mail_user_factory("bob")
-    group = f"test-sender-{uuid.uuid4().hex[:8]}"
-    first = service(
-        "sender",
-        history=False,  # the shared topics' backlog is not this test's; the restart below resumes
-        **sender_env(
-            MAILSYNC_SENDER_FAULT_PAUSE_BEFORE_APPEND_SECONDS="120",
-            MAILSYNC_SENDER_LEASE_SECONDS="3",
-            MAILSYNC_KAFKA_CONSUMER_GROUP_PREFIX=group,
-        ),
+    p = await paused_send(
+        service,
+        producer,
+        watch,
+        mongo,
+        mail_lab,
+        alice,
+        bob,
+        "i",
+        "MAILSYNC_SENDER_FAULT_PAUSE_BEFORE_APPEND_SECONDS",
     )
-    db = mongo[first.database]
-    inbox_id = f"i-{uuid.uuid4().hex[:6]}"
-    await db.inboxes.insert_one(inbox_doc(inbox_id, alice.email, alice.password, mail_lab))
-    events = await watch("mailsync.send.events.v1")
-    key = f"k-{uuid.uuid4().hex[:8]}"
-    await producer(send_command(inbox_id, key, alice.email, bob.email))
+    first, db, events, group, inbox_id, key = p.first, p.db, p.events, p.group, p.inbox_id, p.key
     sent = await events.wait_for(
         lambda e: e["type"] == "mailsync.send.message_sent" and e["data"]["idempotency_key"] == key,
         BACKLOG_S,
