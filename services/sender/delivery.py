@@ -933,6 +933,7 @@ class Delivery:
                     "copy": {"folder": folder, "uid": uid, "how": "already_present"},
                 },
             )
+            metrics.observe_sent_copy("already_present")
             await self._publisher.publish(
                 SentCopyStored.build(
                     data=SentCopyStoredData(
@@ -992,8 +993,9 @@ class Delivery:
                 source=self._source,
                 subject=q["send_id"],
             )
-            await self._publisher.publish(event)
+            # Counted before the event: whoever sees the event also sees the metric.
             metrics.observe_sent_copy("provider_filed")
+            await self._publisher.publish(event)
             w.q.update({"copy_state": "stored", "copy": {"how": "provider_filed"}})
             return True
         record = await self._inbox(w)
@@ -1053,6 +1055,7 @@ class Delivery:
             return await self._copy_failed(
                 w, attempts, ErrorInfo(code=str(code), message=f"Sent copy failed: {exc}"[:500]), retry=True
             )
+        metrics.observe_sent_copy(how)  # before the event, as above
         await self._publisher.publish(
             SentCopyStored.build(
                 data=SentCopyStoredData(
@@ -1069,7 +1072,6 @@ class Delivery:
                 subject=q["send_id"],
             )
         )
-        metrics.observe_sent_copy(how)
         # Not stored separately: _finish records it; a crash before that searches and finds the copy.
         w.q.update(
             {
@@ -1095,8 +1097,8 @@ class Delivery:
             source=self._source,
             subject=w.q["send_id"],
         )
-        await self._publisher.publish(event)
         metrics.observe_sent_copy("retry" if will_retry else "failed")
+        await self._publisher.publish(event)
         log.warning(
             "sent copy failed", extra={"key": w.q["_id"], "code": error.code, "will_retry": will_retry}
         )
