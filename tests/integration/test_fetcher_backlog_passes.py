@@ -124,10 +124,46 @@ async def test_a_pass_out_of_time_stops_after_its_unit_and_the_next_goes_on(  # 
         finally:
             await session.logout()
         assert counts == [2, 2, 2, 1], "one unit a pass once the time is up"
+        assert any(items == "UID RFC822.SIZE" for _, items in fetches), "no header pass here: sizes asked"
         fetched = [u for s, items in fetches if "BODY.PEEK[]" in items for u in expand(s)]
         assert sorted(fetched) == list(range(1, 8)), "no body fetched twice"
         assert sorted(body_uids(rec.events)) == list(range(1, 8))
         cur = await db.sync_cursors.find_one({"_id": f"t1:{ctx.inbox_id}:INBOX"})
         assert cur is not None and cur["bodies_done"]
+    finally:
+        await mongo.drop_database(db.name)
+
+
+async def test_the_backlog_after_the_header_pass_reuses_its_sizes_and_keys(  # type: ignore[no-untyped-def]
+    mongo: Mongo, mail_lab, mail_user_factory: Callable[[str], MailUser]
+) -> None:
+    """The same worker goes from headers to bodies: no size FETCH, each body under the key its
+    `message received` announced (a worker that did not see the headers asks: the test above)."""
+    s = await seeded_inbox(mongo, mail_lab.imap_port, mail_user_factory("backloghints"), 7)
+    user, port, db, ctx = s.user, s.port, s.db, s.ctx
+    try:
+        rec = Recorder(db, ctx)
+        tuning = SyncTuning(backfill_days=None, fetch_chunk=3, body_chunk=2)
+        session = await connect(user, port)
+        fetches: list[tuple[str, str]] = []
+        spy_fetches(session, fetches)
+        try:
+            result = await FolderSync(ctx, db=db, publisher=rec, tuning=tuning).run_pass(session)
+        finally:
+            await session.logout()
+        assert result.received == result.bodies == 7 and not result.more
+        assert not [items for _, items in fetches if items == "UID RFC822.SIZE"], fetches
+        received = {
+            e.data.ref.uid: e.data.ref.message_key for e in rec.events if isinstance(e, MessageReceived)
+        }
+        bodies = {
+            e.data.ref.uid: e.data.ref.message_key
+            for e in rec.events
+            if isinstance(e, MessageUpdated) and e.data.change == "body"
+        }
+        assert bodies == received and sorted(received) == list(range(1, 8))
+        assert rec.unstored == []
+        for key in received.values():
+            assert await db.message_bodies.find_one({"_id": f"{ctx.doc_id(key)}:0"}, {"_id": 1}) is not None
     finally:
         await mongo.drop_database(db.name)

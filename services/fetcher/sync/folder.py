@@ -42,6 +42,7 @@ from .bodies import (
     unit_length,
     without_body,
 )
+from .body_hints import BodyHints
 from .cursor import CursorStore, FolderCursor
 from .messages import (
     GMAIL_ITEMS,
@@ -206,6 +207,7 @@ class FolderSync:
         self._unsaved_since = 0.0
         self._missing = False  # the last EXAMINE found no such folder
         self._exists_mark = 0  # `session.exists_noted` after this pass's EXAMINE
+        self._hints = BodyHints()  # sizes and keys from the header pass, for the body backlog
 
     @property
     def key(self) -> str:
@@ -303,6 +305,7 @@ class FolderSync:
             cur.bodies_below = cur.initial_high
         if cur.bodies_below <= 1:
             cur.bodies_done = True
+            self._hints.clear()
             await self._cursors.save(cur)
             return False
         # Search only a UID window below the mark: one pass costs the same whatever the mailbox size.
@@ -316,6 +319,8 @@ class FolderSync:
         if await self._bodies_pipelined(session, cur, uids, result, until=until):
             cur.bodies_below = low  # the whole window: also past UIDs the SEARCH did not return
         cur.bodies_done = cur.bodies_below <= 1
+        if cur.bodies_done:
+            self._hints.clear()
         await self._cursors.save(cur)
         return not cur.bodies_done
 
@@ -331,7 +336,8 @@ class FolderSync:
         every UID was done."""
         if not uids:
             return True
-        queue, sizes = deque(sorted(uids, reverse=True)), dict[int, int]()
+        validity = self.ctx.uidvalidity
+        queue, sizes = deque(sorted(uids, reverse=True)), self._hints.sizes(validity, uids)
         pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
         stores: deque[tuple[asyncio.Future[int], int]] = deque()  # (store, the unit's lowest UID)
         try:
@@ -341,7 +347,7 @@ class FolderSync:
                 more = bool(queue) and time.monotonic() < until and not arrived
                 if more:
                     pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
-                docs, events = self._body_records(fetched)
+                docs, events = self._body_records(fetched, self._hints.take_keys(validity, unit))
                 while len(stores) >= self._tuning.body_stores_in_flight:
                     await self._unit_stored(cur, result, *stores.popleft())
                 # Units go newest first: once stored, everything from the unit's lowest UID up is done.
@@ -428,11 +434,12 @@ class FolderSync:
         events: list[Envelope[Any]] = []
         for got in fetched:
             raw = got.get("BODY[]")
-            if isinstance(raw, bytes):
-                got = {**got, "BODY[HEADER]": header_of(raw)}  # noqa: PLW2901
             m = FetchedMessage(got)
             key = keys.get(m.uid) if keys else None
-            key = key or message_key(m)
+            if key is None:
+                if isinstance(raw, bytes):
+                    m = FetchedMessage({**got, "BODY[HEADER]": header_of(raw)})
+                key = message_key(m)
             doc_id = ctx.doc_id(key)
             if isinstance(raw, bytes):
                 info = analyze(raw)
@@ -560,7 +567,12 @@ class FolderSync:
     ) -> tuple[_Batch, tuple[list[dict[str, Any]], list[Envelope[Any]]] | None]:
         fetched.sort(key=lambda items: -_uid(items))  # newest first inside the unit too
         if not inline:
-            return await self._prepare(fetched, history=True, known=known), None
+            batch = await self._prepare(fetched, history=True, known=known)
+            if self._tuning.bodies:
+                validity = self.ctx.uidvalidity
+                for e in batch.events:
+                    self._hints.note(validity, e.data.ref.uid, e.data.ref.message_key, e.data.size)
+            return batch, None
         batch = await self._prepare([self._headers_of(i) for i in fetched], history=True, known=known)
         keys = {e.data.ref.uid: e.data.ref.message_key for e in batch.events}
         return batch, self._body_records(fetched, keys)
