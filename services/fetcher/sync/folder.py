@@ -106,6 +106,18 @@ class _Batch:
     inserts: list[dict[str, Any]] = field(default_factory=list)
     writes: list[UpdateOne] = field(default_factory=list)
 
+    def add(self, other: _Batch) -> None:
+        self.events += other.events
+        self.extra += other.extra
+        self.inserts += other.inserts
+        self.writes += other.writes
+
+
+# Building a unit is CPU work with no await inside: done in one go, the tasks started just before it (the
+# next FETCH, the previous unit's writes) would not even send their requests until it ends, so nothing
+# overlapped. Built in slices with a yield between, FerretDB, Kafka and Dovecot work meanwhile.
+BUILD_SLICE = 100
+
 
 @dataclass
 class PassResult:
@@ -347,7 +359,7 @@ class FolderSync:
                 more = bool(queue) and time.monotonic() < until and not arrived
                 if more:
                     pending = asyncio.ensure_future(self._next_bodies(session, queue, sizes))
-                docs, events = self._body_records(fetched, self._hints.take_keys(validity, unit))
+                docs, events = await self._body_records_sliced(fetched, self._hints.take_keys(validity, unit))
                 while len(stores) >= self._tuning.body_stores_in_flight:
                     await self._unit_stored(cur, result, *stores.popleft())
                 # Units go newest first: once stored, everything from the unit's lowest UID up is done.
@@ -422,6 +434,19 @@ class FolderSync:
         if big:
             fetched += [{**h, "BODY[]": None} for h in await session.uid_fetch(compress(big), items)]
         return unit, fetched
+
+    async def _body_records_sliced(
+        self, fetched: list[dict[str, Value]], keys: dict[int, str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[Envelope[Any]]]:
+        """`_body_records` in slices of `BUILD_SLICE`, yielding to the event loop before each."""
+        docs: list[dict[str, Any]] = []
+        events: list[Envelope[Any]] = []
+        for i in range(0, len(fetched), BUILD_SLICE):
+            await asyncio.sleep(0)
+            d, e = self._body_records(fetched[i : i + BUILD_SLICE], keys)
+            docs += d
+            events += e
+        return docs, events
 
     def _body_records(
         self, fetched: list[dict[str, Value]], keys: dict[int, str] | None = None
@@ -567,7 +592,10 @@ class FolderSync:
     ) -> tuple[_Batch, tuple[list[dict[str, Any]], list[Envelope[Any]]] | None]:
         fetched.sort(key=lambda items: -_uid(items))  # newest first inside the unit too
         if not inline:
-            batch = await self._prepare(fetched, history=True, known=known)
+            batch = _Batch()
+            for i in range(0, len(fetched), BUILD_SLICE):
+                await asyncio.sleep(0)  # see BUILD_SLICE
+                batch.add(await self._prepare(fetched[i : i + BUILD_SLICE], history=True, known=known))
             if self._tuning.bodies:
                 validity = self.ctx.uidvalidity
                 for e in batch.events:
