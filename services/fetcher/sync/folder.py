@@ -592,18 +592,25 @@ class FolderSync:
     ) -> tuple[_Batch, tuple[list[dict[str, Any]], list[Envelope[Any]]] | None]:
         fetched.sort(key=lambda items: -_uid(items))  # newest first inside the unit too
         if not inline:
-            batch = _Batch()
-            for i in range(0, len(fetched), BUILD_SLICE):
-                await asyncio.sleep(0)  # see BUILD_SLICE
-                batch.add(await self._prepare(fetched[i : i + BUILD_SLICE], history=True, known=known))
+            batch = await self._prepare_sliced(fetched, known)
             if self._tuning.bodies:
                 validity = self.ctx.uidvalidity
                 for e in batch.events:
                     self._hints.note(validity, e.data.ref.uid, e.data.ref.message_key, e.data.size)
             return batch, None
-        batch = await self._prepare([self._headers_of(i) for i in fetched], history=True, known=known)
+        batch = await self._prepare_sliced([self._headers_of(i) for i in fetched], known)
         keys = {e.data.ref.uid: e.data.ref.message_key for e in batch.events}
-        return batch, self._body_records(fetched, keys)
+        return batch, await self._body_records_sliced(fetched, keys)
+
+    async def _prepare_sliced(
+        self, fetched: list[dict[str, Value]], known: dict[str, dict[str, Any]]
+    ) -> _Batch:
+        """`_prepare` (history) in slices of `BUILD_SLICE`, yielding to the event loop before each."""
+        batch = _Batch()
+        for i in range(0, len(fetched), BUILD_SLICE):
+            await asyncio.sleep(0)
+            batch.add(await self._prepare(fetched[i : i + BUILD_SLICE], history=True, known=known))
+        return batch
 
     @staticmethod
     def _headers_of(items: dict[str, Value]) -> dict[str, Value]:
