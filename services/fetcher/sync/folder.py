@@ -13,10 +13,10 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -117,6 +117,14 @@ class _Batch:
 # next FETCH, the previous unit's writes) would not even send their requests until it ends, so nothing
 # overlapped. Built in slices with a yield between, FerretDB, Kafka and Dovecot work meanwhile.
 BUILD_SLICE = 100
+T = TypeVar("T")
+
+
+async def _slices(items: list[T]) -> AsyncIterator[list[T]]:
+    """`items` in slices of `BUILD_SLICE`, yielding to the event loop before each."""
+    for i in range(0, len(items), BUILD_SLICE):
+        await asyncio.sleep(0)
+        yield items[i : i + BUILD_SLICE]
 
 
 @dataclass
@@ -438,12 +446,11 @@ class FolderSync:
     async def _body_records_sliced(
         self, fetched: list[dict[str, Value]], keys: dict[int, str] | None = None
     ) -> tuple[list[dict[str, Any]], list[Envelope[Any]]]:
-        """`_body_records` in slices of `BUILD_SLICE`, yielding to the event loop before each."""
+        """`_body_records`, built in `_slices`."""
         docs: list[dict[str, Any]] = []
         events: list[Envelope[Any]] = []
-        for i in range(0, len(fetched), BUILD_SLICE):
-            await asyncio.sleep(0)
-            d, e = self._body_records(fetched[i : i + BUILD_SLICE], keys)
+        async for part in _slices(fetched):
+            d, e = self._body_records(part, keys)
             docs += d
             events += e
         return docs, events
@@ -605,11 +612,10 @@ class FolderSync:
     async def _prepare_sliced(
         self, fetched: list[dict[str, Value]], known: dict[str, dict[str, Any]]
     ) -> _Batch:
-        """`_prepare` (history) in slices of `BUILD_SLICE`, yielding to the event loop before each."""
+        """`_prepare` (history), built in `_slices`."""
         batch = _Batch()
-        for i in range(0, len(fetched), BUILD_SLICE):
-            await asyncio.sleep(0)
-            batch.add(await self._prepare(fetched[i : i + BUILD_SLICE], history=True, known=known))
+        async for part in _slices(fetched):
+            batch.add(await self._prepare(part, history=True, known=known))
         return batch
 
     @staticmethod
